@@ -1,0 +1,55 @@
+"""The ``dlbook`` command: list the chapters and run one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from dlbook.chapters import find_chapter, list_chapters
+from dlbook.config import PROFILE_ENV, PROFILES
+
+
+def _cmd_chapters(args: argparse.Namespace) -> int:
+    current = None
+    for chapter in list_chapters():
+        if chapter.part != current:
+            current = chapter.part
+            print(f"Part {int(chapter.part[:2])}: {chapter.part_title}")
+        print(f"  {chapter.key:<5} {chapter.title:<50} {chapter.slug}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        chapter = find_chapter(args.chapter)
+    except LookupError as e:
+        print(f"dlbook run: {e}", file=sys.stderr)
+        return 2
+    env = dict(os.environ, **{PROFILE_ENV: args.profile})
+    if not args.show:
+        env.setdefault("MPLBACKEND", "Agg")  # plots are drawn but no window blocks the run
+    print(f"running {chapter.slug} with {PROFILE_ENV}={args.profile}", file=sys.stderr)
+    start = time.perf_counter()
+    code = subprocess.call([sys.executable, str(chapter.path)], env=env, cwd=chapter.path.parent)
+    print(f"{chapter.slug}: exit {code} after {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dlbook`` console script."""
+    parser = argparse.ArgumentParser(prog="dlbook", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("chapters", help="list the chapters with their part and title")
+    run = sub.add_parser("run", help="run one chapter script")
+    run.add_argument("chapter", help="key (1.3), slug (01_basics/03_mlp) or file name")
+    run.add_argument("--profile", choices=PROFILES, default=os.environ.get(PROFILE_ENV, "book"))
+    run.add_argument("--show", action="store_true", help="open plot windows")
+    args = parser.parse_args(argv)
+    return {"chapters": _cmd_chapters, "run": _cmd_run}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
