@@ -278,6 +278,10 @@ class Trainer:
         """
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if len(train_data) == 0:  # type: ignore[arg-type]
+            raise ValueError("the training data set is empty")
         if early_stopping is not None and val_data is None:
             raise ValueError("early stopping monitors validation numbers: pass val_data")
         if resume and checkpoint_path is None:

@@ -52,6 +52,10 @@ if only := os.environ.get("DLBOOK_DOCS_ONLY"):
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
+# Chapters run in Jupyter kernels that inherit this environment: a non-interactive backend set
+# for scripts (MPLBACKEND=Agg) would keep figures off the pages.
+os.environ.pop("MPLBACKEND", None)
+
 # --- execution (see DESIGN.md: cache keyed on code, library and profile) ------------------------
 nb_execution_mode = os.environ.get("DLBOOK_NB_EXECUTION", "cache")
 nb_execution_cache_path = os.environ.get(
