@@ -139,7 +139,7 @@ def load_model(
     registry: Mapping[str, type[nn.Module]],
     map_location: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Rebuild a model saved by :func:`save_model` and load its weights.
+    """Rebuild a model saved by :func:`save_model` and load its weights, in eval mode.
 
     Args:
         directory: the folder holding ``model.safetensors`` and ``config.json``.
@@ -168,7 +168,7 @@ def load_model(
     state = _read_safetensors(directory / WEIGHTS_NAME)
     check_compatible(model, state, str(directory / WEIGHTS_NAME))
     model.load_state_dict(state)
-    return model.to(map_location)
+    return model.to(map_location).eval()
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -35,11 +35,11 @@ def plot_curves(
 
 
 def flow_diagram(
-    steps: Sequence[str], notes: Sequence[str] | None = None, *, width: float = 11.0
+    steps: Sequence[str], notes: Sequence[str] | None = None, *, width: float = 13.0
 ) -> Figure:
     """Draw ``steps`` as a left-to-right chain of boxes joined by arrows, ``notes`` under each."""
     n = len(steps)
-    fig, ax = plt.subplots(figsize=(width, 1.9))
+    fig, ax = plt.subplots(figsize=(width, 2.2))
     ax.set_xlim(0, n)
     ax.set_ylim(0, 1)
     ax.axis("off")
@@ -54,9 +54,9 @@ def flow_diagram(
             edgecolor="black",
         )
         ax.add_patch(box)
-        ax.text(i + 0.5, 0.65, label, ha="center", va="center", fontsize=9, wrap=True)
+        ax.text(i + 0.5, 0.65, label, ha="center", va="center", fontsize=11, wrap=True)
         if notes:
-            ax.text(i + 0.5, 0.25, notes[i], ha="center", va="center", fontsize=7.5, color="0.3")
+            ax.text(i + 0.5, 0.25, notes[i], ha="center", va="center", fontsize=9.5, color="0.25")
         if i < n - 1:
             ax.add_patch(
                 FancyArrowPatch(

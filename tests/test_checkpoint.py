@@ -24,7 +24,7 @@ def test_model_round_trip(tmp_path):
     model = _mlp()
     save_model(model, tmp_path / "m")
     again = load_model(tmp_path / "m", MODELS)
-    assert again.config == model.config
+    assert again.config == model.config and not again.training
     x = torch.randn(6, 4)
     torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
