@@ -145,6 +145,8 @@ class Trainer:
         device: where to train; default :func:`dlbook.device.get_device`.
         amp: mixed precision: ``auto`` (bf16/fp16 on CUDA, off on CPU), ``bf16``, ``fp16``, ``off``.
         grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+        accumulation_steps: split every batch into this many micro-batches and accumulate their
+            gradients before the optimizer step (same result, less activation memory).
         compile: run the forward pass through ``torch.compile``.
         seed: fixes the shuffle order of every epoch and the dropout random state.
         progress: show a tqdm progress bar.
@@ -161,6 +163,7 @@ class Trainer:
         device: torch.device | str | None = None,
         amp: AmpMode = "auto",
         grad_clip: float | None = None,
+        accumulation_steps: int = 1,
         compile: bool = False,
         seed: int = 0,
         progress: bool = True,
@@ -180,6 +183,9 @@ class Trainer:
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be positive, got {grad_clip}")
         self.grad_clip = grad_clip
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
+        self.accumulation_steps = accumulation_steps
         self.seed = seed
         self.progress = progress
         self.epoch = 0  # epochs completed
@@ -210,17 +216,27 @@ class Trainer:
         return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One optimizer step on one batch; returns the batch loss."""
+        """One optimizer step on the batch ``(x, y)``; returns the batch's mean loss.
+
+        With ``accumulation_steps = k > 1`` the batch is processed as ``k`` micro-batches; each
+        micro-batch loss is weighted by its share of the batch, so the accumulated gradient is
+        the gradient of the whole batch while memory holds one micro-batch's activations.
+        """
         self.model.train()
-        with autocast(self.device, self.amp_dtype):
-            loss = self.loss_fn(self.forward(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at step {self.step}; lower the learning rate or "
-                "enable gradient clipping"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        k = self.accumulation_steps
+        batch_loss = 0.0
+        for xs, ys in zip(x.chunk(k), y.chunk(k), strict=True):
+            with autocast(self.device, self.amp_dtype):
+                loss = self.loss_fn(self.forward(xs), ys)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at step {self.step}; lower the learning rate "
+                    "or enable gradient clipping"
+                )
+            share = len(xs) / len(x)
+            self.scaler.scale(loss * share if k > 1 else loss).backward()
+            batch_loss += loss.item() * share
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -229,7 +245,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
-        return loss.item()
+        return batch_loss
 
     @torch.no_grad()
     def evaluate(self, data: Dataset, batch_size: int = 512) -> dict[str, float]:

@@ -177,3 +177,20 @@ def test_predict_matches_forward(blobs):
 def test_history_last_on_empty():
     with pytest.raises(IndexError):
         _ = History().last
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_gradient_accumulation_equals_the_large_batch(blobs, k):
+    """k micro-batches (uneven ones included) give the step of the whole batch."""
+    train, _ = blobs
+    whole, accumulated = _trainer(dropout=0.0), _trainer(dropout=0.0, accumulation_steps=k)
+    whole.fit(train, epochs=2, batch_size=50)
+    accumulated.fit(train, epochs=2, batch_size=50)
+    for a, b in zip(whole.model.parameters(), accumulated.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert accumulated.history["train_loss"] == pytest.approx(whole.history["train_loss"])
+
+
+def test_accumulation_steps_validated():
+    with pytest.raises(ValueError, match="accumulation_steps"):
+        _trainer(accumulation_steps=0)
