@@ -93,4 +93,5 @@ html_theme_options = {
 }
 html_last_updated_fmt = None
 numfig = True
+numfig_secnum_depth = 2  # figures and exercises numbered per section: Exercise 1.4.2
 suppress_warnings = ["mystnb.unknown_mime_type"]
