@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 
@@ -39,3 +40,13 @@ def glue(name: str, value: Any, fmt: str | None = None) -> None:
         nb_glue(name, shown, display=False)
     else:
         print(f"[glue] {name} = {shown!r}")
+
+
+def error_message(fn: Callable[[], object], error: type[Exception] = ValueError) -> str:
+    """Call ``fn``, which must raise ``error``, and return the message, so a chapter can show
+    (and assert) what bad input gets. Raises ``AssertionError`` if ``fn`` returns normally."""
+    try:
+        fn()
+    except error as e:
+        return str(e)
+    raise AssertionError(f"expected {error.__name__} from {fn!r}")

@@ -1,8 +1,9 @@
-"""The ``dlbook`` command: list the chapters and run one."""
+"""The ``dlbook`` command: list the chapters, run one, benchmark training."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -38,6 +39,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from dlbook.perf import benchmark_gpt  # imports the models only when benchmarking
+
+    result = benchmark_gpt(
+        args.size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+        dtype=args.dtype, compile=args.compile, peak_tflops=args.peak_tflops,
+    )
+    print(json.dumps(result.as_dict()) if args.json else result.report())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlbook`` console script."""
     parser = argparse.ArgumentParser(prog="dlbook", description=__doc__)
@@ -47,8 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("chapter", help="key (1.3), slug (01_basics/03_mlp) or file name")
     run.add_argument("--profile", choices=PROFILES, default=os.environ.get(PROFILE_ENV, "book"))
     run.add_argument("--show", action="store_true", help="open plot windows")
+    bench = sub.add_parser("bench", help="measure training speed, memory and MFU")
+    bench.add_argument("model", choices=["gpt"])
+    bench.add_argument("--size", choices=["tiny", "small", "124M"], default="tiny")
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--steps", type=int, default=10)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the model")
+    bench.add_argument("--peak-tflops", type=float, help="device peak, for MFU on unknown devices")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    return {"chapters": _cmd_chapters, "run": _cmd_run}[args.command](args)
+    commands = {"chapters": _cmd_chapters, "run": _cmd_run, "bench": _cmd_bench}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,345 @@
+"""Attention (section 3.4): scaled dot-product attention, masks, multi-head attention, positions.
+
+Shapes use ``B`` batch, ``H`` heads, ``T`` sequence length (``T_q`` queries, ``T_k`` keys),
+``C`` model width (``n_embd``) and ``D = C / H`` the width of one head.
+
+Mask convention (the same as :func:`torch.nn.functional.scaled_dot_product_attention`): a
+*boolean* mask is ``True`` where a query **may** attend to a key; a *float* mask is added to the
+scores, with ``-inf`` where attention is forbidden.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Reference attention :math:`\mathrm{softmax}(QK^\top/\sqrt{d_k} + M)\,V`, written out.
+
+    Args:
+        q: queries ``(..., T_q, D)``.
+        k: keys ``(..., T_k, D)``.
+        v: values ``(..., T_k, D_v)``.
+        mask: ``None``, a boolean mask (``True`` = may attend) or an additive float mask, either
+            broadcastable to ``(..., T_q, T_k)``.
+        is_causal: also forbid query ``i`` to attend to keys ``j > i``.
+
+    Returns:
+        ``(out, weights)``: ``out (..., T_q, D_v)`` and the attention weights
+        ``(..., T_q, T_k)``, each row summing to 1.
+    """
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"queries and keys need the same width, got {q.shape} and {k.shape}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"keys and values need the same length, got {k.shape} and {v.shape}")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T_q, T_k)
+    if is_causal:
+        causal = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+
+
+def causal_mask(
+    t_q: int, t_k: int | None = None, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Boolean lower-triangular mask ``(T_q, T_k)``: ``True`` where key ``j <= i`` (may attend)."""
+    t_k = t_q if t_k is None else t_k
+    return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril()
+
+
+def padding_mask(lengths: torch.Tensor, t: int) -> torch.Tensor:
+    """Boolean key-padding mask ``(B, T)`` from true lengths ``(B,)``: ``True`` for real tokens."""
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must have shape (B,), got {tuple(lengths.shape)}")
+    if bool((lengths < 1).any()) or bool((lengths > t).any()):
+        raise ValueError(f"every length must lie in [1, {t}], got {lengths.tolist()}")
+    return torch.arange(t, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def bool_to_additive(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Turn a boolean mask (``True`` = may attend) into an additive one (0 or ``-inf``)."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"expected a boolean mask, got dtype {mask.dtype}")
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, float("-inf")
+    )
+
+
+# --------------------------------------------------------------------------- positions
+
+
+def sinusoidal_positions(t: int, dim: int, base: float = 10000.0) -> torch.Tensor:
+    r"""The fixed encodings of Vaswani et al. (2017), shape ``(T, dim)``.
+
+    :math:`P_{p,2i} = \sin(p/\mathrm{base}^{2i/d})`,
+    :math:`P_{p,2i+1} = \cos(p/\mathrm{base}^{2i/d})`.
+    """
+    if dim % 2 != 0:
+        raise ValueError(f"sinusoidal positions need an even dim, got {dim}")
+    pos = torch.arange(t, dtype=torch.float32)[:, None]  # (T, 1)
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (dim/2,)
+    angles = pos * inv_freq  # (T, dim/2)
+    out = torch.empty(t, dim)
+    out[:, 0::2] = torch.sin(angles)
+    out[:, 1::2] = torch.cos(angles)
+    return out
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    r"""Rotate each pair ``(x_{2i}, x_{2i+1})`` of ``x`` by the angle whose cos/sin are given.
+
+    Args:
+        x: ``(..., T, D)`` with ``D`` even (queries or keys of one or more heads).
+        cos, sin: ``(T, D/2)``, the cosines and sines of the angles :math:`p\,\theta_i`.
+
+    Returns:
+        ``(..., T, D)``, the same dtype as ``x``.
+    """
+    if x.shape[-1] % 2 != 0 or cos.shape != (x.shape[-2], x.shape[-1] // 2):
+        raise ValueError(
+            f"apply_rope needs x (..., T, D) with D even and cos/sin (T, D/2); got x "
+            f"{tuple(x.shape)}, cos {tuple(cos.shape)}"
+        )
+    pairs = x.float().unflatten(-1, (-1, 2))  # (..., T, D/2, 2)
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+class RotaryEmbedding(nn.Module):
+    r"""Rotary position embedding (RoPE, Su et al.): rotate pair ``i`` at position ``p`` by
+    :math:`p\,\theta_i`, :math:`\theta_i = \mathrm{base}^{-2i/D}`.
+
+    Applied to queries and keys (not values), it makes the score of query position ``m`` and key
+    position ``n`` depend on the positions only through ``m - n``. Holds no parameters; its
+    cos/sin tables are non-persistent buffers (not saved in a checkpoint).
+    """
+
+    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2 != 0:
+            raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+        self.head_dim, self.max_seq_len, self.base = head_dim, max_seq_len, base
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq  # (T, D/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Rotate ``x (..., T, head_dim)`` as if its first position were ``offset``."""
+        t = x.shape[-2]
+        if offset + t > self.max_seq_len:
+            raise ValueError(
+                f"positions {offset}..{offset + t - 1} exceed max_seq_len={self.max_seq_len}"
+            )
+        return apply_rope(x, self.cos[offset : offset + t], self.sin[offset : offset + t])
+
+
+# --------------------------------------------------------------------------- key/value cache
+
+
+class LayerKV:
+    """The cached keys and values of one attention layer: buffers ``(B, H, T_max, D)`` allocated
+    on the first :meth:`append` with the dtype and device of the keys."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len, self.length = max_len, 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k, v (B, H, T, D)`` after the cached positions; return all keys and values
+        so far, ``(B, H, length, D)`` each (views of the buffers, no copy)."""
+        b, h, t, d = k.shape
+        end = self.length + t
+        if end > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; {end} do not fit")
+        if self.k is None or self.v is None:
+            self.k = k.new_zeros(b, h, self.max_len, d)
+            self.v = v.new_zeros(b, h, self.max_len, d)
+        elif self.k.shape[:2] != (b, h) or self.k.shape[-1] != d:
+            raise ValueError(
+                f"the cache was built for (B, H, D) = {tuple(self.k.shape[:2])} + "
+                f"({self.k.shape[-1]},), got keys {tuple(k.shape)}; call reset() first"
+            )
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class KVCache:
+    """Keys and values of every layer of a decoder for the positions processed so far.
+
+    Attention at a new position needs the keys and values of all earlier positions; they do not
+    change once computed, so a generator that keeps them feeds the model one new token per step
+    instead of the whole sequence. Memory: ``2 * n_layer * B * H * T_max * D`` numbers.
+
+    Args:
+        n_layer: number of attention layers.
+        max_len: most positions it can hold (the model's ``block_size``).
+    """
+
+    def __init__(self, n_layer: int, max_len: int) -> None:
+        if n_layer < 1 or max_len < 1:
+            raise ValueError(f"need n_layer >= 1 and max_len >= 1, got {n_layer}, {max_len}")
+        self.max_len = max_len
+        self.layers = [LayerKV(max_len) for _ in range(n_layer)]
+
+    @property
+    def length(self) -> int:
+        """Number of positions cached (the same in every layer)."""
+        return self.layers[0].length
+
+    def reset(self) -> None:
+        """Forget every cached position (the buffers are reallocated on the next use)."""
+        self.layers = [LayerKV(self.max_len) for _ in self.layers]
+
+    def nbytes(self) -> int:
+        """Bytes held by the key and value buffers (0 before the first use)."""
+        return sum(
+            buf.numel() * buf.element_size()
+            for layer in self.layers
+            for buf in (layer.k, layer.v)
+            if buf is not None
+        )
+
+
+# --------------------------------------------------------------------------- multi-head attention
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention over ``(B, T, C)`` with ``n_head`` heads of width ``C / n_head``.
+
+    One linear layer ``c_attn`` makes queries, keys and values (its weight ``(3C, C)`` stacks
+    ``W_Q; W_K; W_V``, the layout of ``nn.MultiheadAttention.in_proj_weight``), the heads attend
+    in parallel through :func:`torch.nn.functional.scaled_dot_product_attention` (a fused/flash
+    kernel where one exists), and ``c_proj`` mixes the concatenated heads.
+
+    Args:
+        n_embd: model width ``C``.
+        n_head: number of heads; must divide ``n_embd``.
+        bias: whether the projections have biases.
+        dropout: dropout on the attention weights and on the output (training only).
+        causal: forbid each position to attend to later positions.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        *,
+        bias: bool = True,
+        dropout: float = 0.0,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+        self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
+        self.causal, self.dropout = causal, dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def _heads(
+        self, x: torch.Tensor, rope: RotaryEmbedding | None, offset: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project ``x (B, T, C)`` to ``q, k, v``, each ``(B, H, T, D)`` (RoPE applied to q, k,
+        the first position of ``x`` being ``offset``)."""
+        if x.dim() != 3 or x.shape[-1] != self.n_embd:
+            raise ValueError(f"expected input (B, T, {self.n_embd}), got {tuple(x.shape)}")
+        b, t, _ = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=-1)
+        q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        if rope is not None:
+            q, k = rope(q, offset), rope(k, offset)
+        return q, k, v
+
+    def _mask(self, key_padding_mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
+        """Combine the causal and key-padding masks into one boolean ``(B, 1, T, T)`` or None."""
+        if key_padding_mask is None:
+            return None
+        if key_padding_mask.dtype != torch.bool or key_padding_mask.dim() != 2:
+            raise ValueError("key_padding_mask must be a boolean (B, T) tensor, True = real token")
+        mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
+        if self.causal:
+            mask = mask & causal_mask(t, device=mask.device)
+        return mask
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        rope: RotaryEmbedding | None = None,
+        kv: LayerKV | None = None,
+    ) -> torch.Tensor:
+        """Map ``x (B, T, C)`` to ``(B, T, C)``.
+
+        Args:
+            x: the sequence.
+            key_padding_mask: optional boolean ``(B, T)``, ``True`` for real tokens; padded keys
+                get zero attention weight.
+            rope: optional rotary embedding applied to queries and keys.
+            kv: optional key/value cache of this layer (section 4.4): ``x`` holds the positions
+                that follow the ``kv.length`` cached ones; its keys and values are appended and
+                its queries attend to every cached position as well.
+        """
+        if kv is not None:
+            return self._forward_cached(x, rope, kv)
+        q, k, v = self._heads(x, rope)
+        mask = self._mask(key_padding_mask, x.shape[1])
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None,
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(x.shape)  # concatenate the heads: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def _forward_cached(
+        self, x: torch.Tensor, rope: RotaryEmbedding | None, kv: LayerKV
+    ) -> torch.Tensor:
+        start = kv.length
+        q, k, v = self._heads(x, rope, offset=start)
+        k, v = kv.append(k, v)  # (B, H, start + T, D)
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        mask = None
+        if self.causal and t_q > 1:
+            # Query i sits at position start + i: it may see keys 0 .. start + i, a causal mask
+            # aligned to the bottom-right corner (``causal_mask`` aligns to the top-left).
+            mask = torch.ones(t_q, t_k, dtype=torch.bool, device=x.device).tril(t_k - t_q)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+        return self.c_proj(y.transpose(1, 2).reshape(x.shape))
+
+    @torch.no_grad()
+    def attention_weights(
+        self,
+        x: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        rope: RotaryEmbedding | None = None,
+    ) -> torch.Tensor:
+        """The attention weights ``(B, H, T, T)`` that :meth:`forward` uses (for plots)."""
+        q, k, _ = self._heads(x, rope)
+        mask = self._mask(key_padding_mask, x.shape[1])
+        _, w = scaled_dot_product_attention(q, k, k, mask, is_causal=self.causal and mask is None)
+        return w

@@ -1,0 +1,166 @@
+"""A GPT (decoder-only Transformer language model) built from the blocks of sections 3.4-3.5.
+
+In the manner of nanoGPT's ``model.py``: a dataclass config, token (+ position) embeddings, a
+stack of causal pre-norm blocks, a final norm and a language-model head that shares its weight
+with the token embedding. Shapes use ``B`` batch, ``T`` sequence length, ``C`` width, ``V``
+vocabulary size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlbook.nn.attention import KVCache, RotaryEmbedding
+from dlbook.nn.transformer import TransformerBlock, check_block_config, check_ids, make_norm
+
+
+@dataclass
+class GPTConfig:
+    """Architecture of a :class:`GPT`.
+
+    Attributes:
+        vocab_size: number of token ids ``V``.
+        block_size: longest context ``T`` the model accepts.
+        n_layer, n_head, n_embd: depth, heads per block, width ``C``.
+        dropout: dropout probability (embeddings, attention, residual branches).
+        bias: biases in linear layers and layer norms (GPT-2: ``True``).
+        rope: rotary position embeddings instead of a learned position table.
+        norm: ``"layer"`` (GPT-2) or ``"rms"``.
+        mlp: ``"gelu"`` (GPT-2) or ``"swiglu"``.
+    """
+
+    vocab_size: int = 256
+    block_size: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    rope: bool = False
+    norm: str = "layer"
+    mlp: str = "gelu"
+
+    def __post_init__(self) -> None:
+        check_block_config(self)
+
+
+class GPT(nn.Module):
+    """Decoder-only Transformer: ``idx (B, T)`` → next-token logits ``(B, T, V)``."""
+
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.wpe = None if c.rope else nn.Embedding(c.block_size, c.n_embd)
+        self.rope = RotaryEmbedding(c.n_embd // c.n_head, c.block_size) if c.rope else None
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                c.n_embd, c.n_head, causal=True, norm_first=True, norm=c.norm, mlp=c.mlp,
+                bias=c.bias, dropout=c.dropout,
+            )
+            for _ in range(c.n_layer)
+        )
+        self.ln_f = make_norm(c.norm, c.n_embd, c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying: one (V, C) matrix, two uses
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 n_layer),
+        # so the variance of the stream does not grow with depth at initialisation.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters (tied weights counted once); without the position table if
+        ``non_embedding`` (the convention of scaling-law papers)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for :meth:`forward` (one slot per layer, ``block_size``
+        positions; its buffers take the dtype and device of the first keys stored)."""
+        return KVCache(self.config.n_layer, self.config.block_size)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``(B, T, V)`` for the next token at every position, and the mean cross-entropy
+        against ``targets (B, T)`` when given (``-1`` marks positions to ignore), else ``None``.
+
+        With a ``cache`` (from :meth:`new_cache`), ``idx`` holds the tokens that follow the
+        ``cache.length`` positions already cached; their keys and values are added to it.
+
+        Raises:
+            ValueError: ``T`` (plus the cached positions) ``> block_size``, ids outside
+                ``[0, V)``, or mis-shaped targets.
+        """
+        c = self.config
+        start = 0 if cache is None else cache.length
+        if cache is not None and start + idx.shape[-1] > c.block_size:
+            raise ValueError(
+                f"{start} cached + {idx.shape[-1]} new positions exceed block_size="
+                f"{c.block_size}; crop the input or reset the cache"
+            )
+        check_ids(idx, c.vocab_size, c.block_size)
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + idx.shape[1], device=idx.device))
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope=self.rope, kv=None if cache is None else cache.layers[i])
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        if targets.shape != idx.shape:
+            raise ValueError(
+                f"targets must have shape {tuple(idx.shape)}, got {tuple(targets.shape)}"
+            )
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
+
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop_tokens: Sequence[int] = (),
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Extend ``idx (B, T)`` by up to ``max_new_tokens`` tokens → ``(B, T + n)``.
+
+        See :func:`dlbook.decoding.generate` (sampling with temperature, top-k, top-p; stop
+        tokens; a key/value cache; a prompt longer than ``block_size`` is cropped to its last
+        ``block_size`` tokens). ``temperature=0`` is greedy.
+        """
+        from dlbook.decoding import generate  # decoding works on any model with this interface
+
+        return generate(
+            self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            stop_tokens=stop_tokens, use_cache=use_cache, generator=generator,
+        )
