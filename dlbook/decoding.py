@@ -40,7 +40,7 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
         raise ValueError(f"top_p must lie in (0, 1], got {p!r}")
     if p == 1.0:  # everything; the cumulative sum below may round to 1 before the tail ends
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     probs = torch.softmax(sorted_logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
     # A token is dropped when the tokens ranked above it already reach p.
     mass_before = probs.cumsum(dim=-1) - probs
