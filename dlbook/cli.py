@@ -15,11 +15,13 @@ from dlbook.config import PROFILE_ENV, PROFILES
 
 def _cmd_chapters(args: argparse.Namespace) -> int:
     current = None
-    for chapter in list_chapters():
+    chapters = list_chapters()
+    width = max((len(c.title) for c in chapters), default=0)
+    for chapter in chapters:
         if chapter.part != current:
             current = chapter.part
             print(f"Part {int(chapter.part[:2])}: {chapter.part_title}")
-        print(f"  {chapter.key:<5} {chapter.title:<50} {chapter.slug}")
+        print(f"  {chapter.key:<5} {chapter.title:<{width}}  {chapter.slug}")
     return 0
 
 
