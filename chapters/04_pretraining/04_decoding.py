@@ -293,13 +293,14 @@ plt.show()
 # verses) and the most repetition ({glue}`s4_4_rep_greedy`, against {glue}`s4_4_rep_real_text`
 # for real text): maximising likelihood step by step produces text that is *more* predictable
 # than human text, the observation at the heart of {cite:t}`holtzman2020curious`. Pure sampling
-# at $\tau = 1$ matches the statistics of real text best in loss ({glue}`s4_4_nll_tau_1`) but
-# spells a little worse ({glue}`s4_4_real_tau_1` real words against {glue}`s4_4_real_real_text`
-# for the validation text); raising the temperature to 1.5 makes it worse
-# ({glue}`s4_4_real_tau_1_5`). Top-p at 0.9 cuts the tail and keeps the variety: its words are
-# real ({glue}`s4_4_real_top_p_0_9`) and it repeats itself only
-# {glue}`s4_4_rep_top_p_0_9` of the time. With a model this small the differences are modest;
-# with large models, whose tails are long, they decide whether the output is usable.
+# at $\tau = 1$ comes closest to real text in loss ({glue}`s4_4_nll_tau_1`) but misspells
+# more ({glue}`s4_4_real_tau_1` real words against {glue}`s4_4_real_real_text` for the
+# validation text), and raising the temperature to 1.5 makes it much worse
+# ({glue}`s4_4_real_tau_1_5`). Cutting the tail recovers most of the spelling without the loops:
+# top-p at 0.9 gives {glue}`s4_4_real_top_p_0_9` real words and repeats
+# {glue}`s4_4_rep_top_p_0_9` of its 12-grams. {cite:t}`holtzman2020curious` found the same
+# pattern with GPT-2 on word pieces: repetitive maximisation, incoherent pure sampling, and
+# nucleus sampling closest to human text.
 #
 # ## Stop tokens
 #
