@@ -308,7 +308,9 @@ print("loop over heads == MultiHeadAttention (F.scaled_dot_product_attention), w
 # $(B, H, T, d)$ and calls `F.scaled_dot_product_attention`, which dispatches to a fused
 # FlashAttention kernel on a GPU. Its layout matches PyTorch's `nn.MultiheadAttention`
 # (`in_proj_weight` stacks $W_Q; W_K; W_V$), so we can copy the weights over and demand equal
-# outputs *and* equal gradients, with a causal mask and a padding mask.
+# outputs *and* equal gradients, with a causal mask and a padding mask. (The `kv` argument and
+# `_forward_cached` serve generation: they are the key/value cache of
+# {doc}`section 4.4 <../04_pretraining/04_decoding>`.)
 #
 # ```{literalinclude} ../../dlbook/nn/attention.py
 # :pyobject: MultiHeadAttention

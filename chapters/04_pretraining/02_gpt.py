@@ -65,7 +65,8 @@ generator = seed_everything(0)
 #
 # Here is the library's model. It is a short class in the manner of nanoGPT: a dataclass
 # config, the embeddings, a `ModuleList` of `TransformerBlock`s from
-# {doc}`../03_architectures/05_transformer`, the final norm and the tied head.
+# {doc}`../03_architectures/05_transformer`, the final norm and the tied head. (The `cache`
+# argument, `new_cache` and `generate` belong to decoding, {doc}`section 4.4 <04_decoding>`.)
 #
 # ```{literalinclude} ../../dlbook/nn/gpt.py
 # :pyobject: GPT
