@@ -120,15 +120,22 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str]) -> Path:
     return directory
 
 
+def read_json(path: str | os.PathLike[str], missing: str = "missing") -> Any:
+    """Parse the JSON file ``path``; ``CheckpointError`` (saying ``missing`` when the file does
+    not exist) instead of a bare ``OSError``/``JSONDecodeError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {missing}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON (corrupt file?): {e}") from e
+
+
 def read_model_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Return the parsed ``config.json`` of a model directory (keys ``model_class``, ``config``)."""
     path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"no model config at {path}; was the model saved with save_model?")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON (corrupt file?): {e}") from e
+    meta = read_json(path, "no model config; was the model saved with save_model?")
     if not isinstance(meta, dict) or "model_class" not in meta or "config" not in meta:
         raise CheckpointError(f"{path} is not a dlbook model config")
     return meta

@@ -34,6 +34,7 @@ from dlbook.checkpoint import (
     atomic_write,
     load_checkpoint,
     load_model,
+    read_json,
     save_checkpoint,
     save_model,
 )
@@ -373,13 +374,7 @@ def _run_dir(config: PretrainConfig) -> Path:
 
 
 def _load_run(directory: Path, config: PretrainConfig) -> PretrainedRun:
-    meta_path = directory / "run.json"
-    if not meta_path.is_file():
-        raise CheckpointError(f"{directory} holds no finished run (no run.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{meta_path} is corrupt: {e}") from e
+    meta = read_json(directory / "run.json", "no finished run here")
     if meta.get("config") != json.loads(json.dumps(dataclasses.asdict(config))):
         raise CheckpointError(f"{directory} was trained with a different configuration")
     try:

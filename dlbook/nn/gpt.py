@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlbook.nn.attention import KVCache, RotaryEmbedding
-from dlbook.nn.transformer import TransformerBlock, check_block_config, check_ids, make_norm
+from dlbook.nn.transformer import block_stack, check_block_config, check_ids, make_norm
 
 
 @dataclass
@@ -62,13 +62,7 @@ class GPT(nn.Module):
         self.wpe = None if c.rope else nn.Embedding(c.block_size, c.n_embd)
         self.rope = RotaryEmbedding(c.n_embd // c.n_head, c.block_size) if c.rope else None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                c.n_embd, c.n_head, causal=True, norm_first=True, norm=c.norm, mlp=c.mlp,
-                bias=c.bias, dropout=c.dropout,
-            )
-            for _ in range(c.n_layer)
-        )
+        self.blocks = block_stack(c, causal=True)
         self.ln_f = make_norm(c.norm, c.n_embd, c.bias)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying: one (V, C) matrix, two uses

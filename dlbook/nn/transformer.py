@@ -6,6 +6,7 @@ Shapes use ``B`` batch, ``T`` sequence length and ``C`` model width (``n_embd``)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -169,6 +170,19 @@ class TransformerBlock(nn.Module):
         return self.norm2(x + self.mlp(x))
 
 
+def block_stack(config: Any, *, causal: bool) -> nn.ModuleList:
+    """``config.n_layer`` pre-norm :class:`TransformerBlock` s of the config's width, heads,
+    norm, MLP, bias and dropout; ``causal`` for a decoder."""
+    c = config
+    return nn.ModuleList(
+        TransformerBlock(
+            c.n_embd, c.n_head, causal=causal, norm_first=True, norm=c.norm, mlp=c.mlp,
+            bias=c.bias, dropout=c.dropout,
+        )
+        for _ in range(c.n_layer)
+    )
+
+
 @dataclass
 class TransformerEncoderConfig:
     """Architecture of a :class:`TransformerEncoder`.
@@ -216,13 +230,7 @@ class TransformerEncoder(nn.Module):
         self.pos_emb = None if c.rope else nn.Embedding(c.block_size, c.n_embd)
         self.rope = RotaryEmbedding(c.n_embd // c.n_head, c.block_size) if c.rope else None
         self.drop = nn.Dropout(c.dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                c.n_embd, c.n_head, causal=False, norm=c.norm, mlp=c.mlp, bias=c.bias,
-                dropout=c.dropout,
-            )
-            for _ in range(c.n_layer)
-        )
+        self.blocks = block_stack(c, causal=False)
         self.norm = make_norm(c.norm, c.n_embd, c.bias)
         self.head = nn.Linear(c.n_embd, c.n_out or c.vocab_size, bias=c.bias)
 
