@@ -256,12 +256,15 @@ glue("s1_1_latency", latency_us, ".0f")
 #   ({doc}`05_library`).
 # * **Part 2, The mathematics of learning**: losses, gradients, backpropagation and optimizers
 #   derived and checked against PyTorch, from {doc}`../02_math/01_linear_regression` on.
-# * **Part 3, Architectures**: convolutional and recurrent networks, attention and the
-#   Transformer {cite:p}`vaswani2017attention`.
-# * **Part 4, Pretraining**: a tokenizer, a GPT, and how to train it efficiently on one GPU or
-#   many, with scaling laws in miniature {cite:p}`kaplan2020scaling,hoffmann2022training`.
-# * **Parts 5 and 6, Fine-tuning and applications**: adapting pretrained models to tasks,
-#   compressing and deploying them.
+# * **Part 3, Architectures**: convolutional ({doc}`../03_architectures/01_convolutions`) and
+#   recurrent networks, attention and the Transformer {cite:p}`vaswani2017attention`
+#   ({doc}`../03_architectures/05_transformer`).
+# * **Part 4, Pretraining**: a tokenizer ({doc}`../04_pretraining/01_tokenization`), a GPT
+#   pretrained on the King James Bible ({doc}`../04_pretraining/03_pretraining`), decoding, and
+#   how to train efficiently on one GPU or many, with scaling laws in miniature
+#   {cite:p}`kaplan2020scaling,hoffmann2022training`.
+# * **Parts 5 and 6, Fine-tuning and applications** (not yet written): adapting pretrained
+#   models to tasks, compressing and deploying them.
 #
 # ## Summary
 #
