@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["filter_top_k", "filter_top_p", "generate", "sample_next"]
+__all__ = ["check_sampling", "filter_top_k", "filter_top_p", "generate", "sample_next"]
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -49,6 +49,19 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def check_sampling(
+    temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> None:
+    """Raise ``ValueError`` unless ``temperature`` is finite and ``>= 0``, ``top_k`` a positive
+    integer and ``top_p`` in ``(0, 1]`` (``None`` disables either filter)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -63,8 +76,7 @@ def sample_next(
     """
     if logits.dim() != 2:
         raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
@@ -118,8 +130,7 @@ def generate(
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
     if stops.numel() and (int(stops.min()) < 0 or int(stops.max()) >= vocab_size):
         raise ValueError(f"stop tokens must lie in [0, {vocab_size}), got {list(stop_tokens)}")
-    # Reject bad settings before the first (possibly long) forward pass.
-    sample_next(torch.zeros(1, 2), temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p)  # before the first (possibly long) forward pass
 
     was_training = model.training
     model.eval()

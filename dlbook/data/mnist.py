@@ -9,10 +9,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
-from torch.utils.data import TensorDataset
 
-from dlbook.data.digits import Splits
+from dlbook.data.digits import Splits, stratified_splits
 from dlbook.data.optional import require
 
 #: Number of images in the subset and its class count.
@@ -53,21 +51,7 @@ def load_mnist_subset(seed: int = 0, n_val: int = 500, n_test: int = 1000) -> Sp
             f"{MNIST_SUBSET_SIZE}"
         )
     x, y = _raw_subset()
-    model_selection = require("sklearn.model_selection", "scikit-learn", "splitting data")
-    x_rest, x_test, y_rest, y_test = model_selection.train_test_split(
-        x, y, test_size=int(n_test), stratify=y, random_state=seed
-    )
-    x_train, x_val, y_train, y_val = model_selection.train_test_split(
-        x_rest, y_rest, test_size=int(n_val), stratify=y_rest, random_state=seed
-    )
-
-    def as_dataset(a: np.ndarray, b: np.ndarray) -> TensorDataset:
-        return TensorDataset(torch.tensor(a), torch.tensor(b))  # copies, writable
-
-    return Splits(
-        train=as_dataset(x_train, y_train),
-        val=as_dataset(x_val, y_val),
-        test=as_dataset(x_test, y_test),
-        num_classes=MNIST_CLASSES,
-        image_shape=(28, 28),
+    return stratified_splits(
+        x, y, test_size=int(n_test), val_size=int(n_val), seed=seed,
+        num_classes=MNIST_CLASSES, image_shape=(28, 28),
     )

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from dlbook.decoding import check_sampling, sample_next
+from dlbook.nn.transformer import check_ids
 
 State = tuple[torch.Tensor, torch.Tensor]
 
@@ -70,17 +72,6 @@ class CharLSTM(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
 
-    def _check_idx(self, idx: torch.Tensor) -> None:
-        if idx.dim() != 2:
-            raise ValueError(f"CharLSTM expects token ids of shape (B, T), got {tuple(idx.shape)}")
-        if idx.dtype.is_floating_point or idx.dtype == torch.bool:
-            raise ValueError(f"token ids must be integers, got dtype {idx.dtype}")
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(
-                f"token ids must lie in [0, {self.config.vocab_size}), "
-                f"got min {int(idx.min())} and max {int(idx.max())}"
-            )
-
     def _check_state(self, state: State, batch: int) -> None:
         shape = (self.config.num_layers, batch, self.config.hidden_size)
         if (
@@ -97,7 +88,7 @@ class CharLSTM(nn.Module):
 
         ``state`` is ``(h, c)``, each ``(L, B, H)``; ``None`` starts from zeros.
         """
-        self._check_idx(idx)
+        check_ids(idx, self.config.vocab_size)
         if state is not None:
             self._check_state(state, idx.shape[0])
         out, state = self.lstm(self.embed(idx), state)
@@ -125,8 +116,7 @@ class CharLSTM(nn.Module):
             The prompt followed by the new tokens, ``(T0 + max_new_tokens,)`` or
             ``(B, T0 + max_new_tokens)`` like the prompt.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        check_sampling(temperature)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         squeeze = prompt.dim() == 1
@@ -137,19 +127,15 @@ class CharLSTM(nn.Module):
             )
         was_training = self.training
         self.eval()
-        device = next(self.parameters()).device
-        idx = idx.to(device)
-        out = [idx]
-        logits, state = self(idx)
-        for _ in range(max_new_tokens):
-            last = logits[:, -1, :]
-            if temperature == 0:
-                nxt = last.argmax(dim=-1, keepdim=True)
-            else:
-                probs = F.softmax(last.float() / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
-            out.append(nxt)
-            logits, state = self(nxt, state)
-        self.train(was_training)
+        try:
+            idx = idx.to(next(self.parameters()).device)
+            out = [idx]
+            logits, state = self(idx)
+            for _ in range(max_new_tokens):
+                nxt = sample_next(logits[:, -1, :], temperature, generator=generator)
+                out.append(nxt)
+                logits, state = self(nxt, state)
+        finally:
+            self.train(was_training)
         result = torch.cat(out, dim=1)
         return result[0] if squeeze else result

@@ -249,14 +249,15 @@ class TransformerEncoder(nn.Module):
         return self.head(self.norm(x))
 
 
-def check_ids(idx: torch.Tensor, vocab_size: int, block_size: int) -> None:
-    """Raise ``ValueError`` unless ``idx`` is an integer ``(B, T)`` tensor with ``T <=
-    block_size`` and every id in ``[0, vocab_size)``."""
+def check_ids(idx: torch.Tensor, vocab_size: int, block_size: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``idx`` is an integer ``(B, T)`` tensor with every id in
+    ``[0, vocab_size)`` and, if ``block_size`` is given, ``T <= block_size``."""
     if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
         raise ValueError(
-            f"expected integer token ids of shape (B, T), got {idx.dtype} {tuple(idx.shape)}"
+            f"expected token ids (B, T) of integers (int64 or int32), got {idx.dtype} "
+            f"{tuple(idx.shape)}"
         )
-    if idx.shape[1] > block_size:
+    if block_size is not None and idx.shape[1] > block_size:
         raise ValueError(
             f"sequence length {idx.shape[1]} exceeds block_size={block_size}; crop the input"
         )
