@@ -35,6 +35,7 @@ from dlbook.perf import (
     matmul_flops_per_second,
     saved_activation_bytes,
 )
+from dlbook.pretrained import lm_loss  # cross-entropy of GPT's (logits, loss) output
 from dlbook.train import Trainer
 
 device = get_device()
@@ -162,21 +163,6 @@ windows = [batch(batch_size, seed=s) for s in range(steps)]
 train_set = TensorDataset(torch.cat([w[0] for w in windows]), torch.cat([w[1] for w in windows]))
 
 
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-
-class LogitsOnly(torch.nn.Module):
-    """Adapt GPT.forward (which returns (logits, loss)) to the Trainer's model(x) -> output."""
-
-    def __init__(self, gpt: GPT) -> None:
-        super().__init__()
-        self.gpt = gpt
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.gpt(idx)[0]
-
-
 def train_curve(amp: str, n_steps: int, accumulation_steps: int = 1,
                 optimizer: str = "adamw") -> tuple[list[float], GPT, float]:
     """Train a fresh GPT on the first `n_steps` batches; losses, model, seconds per step."""
@@ -184,7 +170,7 @@ def train_curve(amp: str, n_steps: int, accumulation_steps: int = 1,
     gpt = GPT(config)
     opt = (torch.optim.AdamW(gpt.parameters(), lr=1e-3) if optimizer == "adamw"
            else torch.optim.SGD(gpt.parameters(), lr=0.05, momentum=0.9))
-    trainer = Trainer(LogitsOnly(gpt), opt, lm_loss, amp=amp, device=device,
+    trainer = Trainer(gpt, opt, lm_loss, amp=amp, device=device,
                       accumulation_steps=accumulation_steps, progress=False)
     losses = []
     start = time.perf_counter()
