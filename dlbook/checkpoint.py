@@ -67,24 +67,34 @@ def check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor], source
     """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
+    problems = describe_mismatch(expected, found)
+    if problems:
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {problems}")
+
+
+def describe_mismatch(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]]
+) -> str:
+    """What differs between two ``name -> shape`` maps, in one line; ``""`` when they agree.
+
+    Lists (a few of) the names missing from ``found``, the unexpected ones, and the mis-shaped.
+    """
+    found = {k: tuple(v) for k, v in found.items()}
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
     reshaped = [
-        f"{k}: checkpoint {found[k]} vs model {expected[k]}"
+        f"{k}: found {found[k]} vs expected {tuple(expected[k])}"
         for k in sorted(expected.keys() & found.keys())
-        if expected[k] != found[k]
+        if tuple(expected[k]) != found[k]
     ]
-    if missing or unexpected or reshaped:
-        problems = []
-        if missing:
-            problems.append(f"missing {_preview(missing)}")
-        if unexpected:
-            problems.append(f"unexpected {_preview(unexpected)}")
-        if reshaped:
-            problems.append(f"shape mismatch {_preview(reshaped)}")
-        raise CheckpointError(
-            f"{source} does not fit {type(model).__name__}: " + "; ".join(problems)
-        )
+    problems = []
+    if missing:
+        problems.append(f"missing {_preview(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_preview(unexpected)}")
+    if reshaped:
+        problems.append(f"shape mismatch {_preview(reshaped)}")
+    return "; ".join(problems)
 
 
 def _preview(items: list[str], limit: int = 4) -> str:
@@ -132,13 +142,60 @@ def read_json(path: str | os.PathLike[str], missing: str = "missing") -> Any:
         raise CheckpointError(f"{path} is not valid JSON (corrupt file?): {e}") from e
 
 
+def _check_format_version(found: Any, source: str) -> None:
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise CheckpointError(f"{source} has no valid format_version ({found!r}); damaged file?")
+    if found > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source} has format version {found}; this dlbook reads up to "
+            f"{FORMAT_VERSION}. Upgrade dlbook."
+        )
+
+
 def read_model_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Return the parsed ``config.json`` of a model directory (keys ``model_class``, ``config``)."""
+    """Return the parsed ``config.json`` of a model directory (keys ``format_version``,
+    ``model_class``, ``config``), after checking that this dlbook can read its format."""
     path = Path(directory) / CONFIG_NAME
     meta = read_json(path, "no model config; was the model saved with save_model?")
     if not isinstance(meta, dict) or "model_class" not in meta or "config" not in meta:
         raise CheckpointError(f"{path} is not a dlbook model config")
+    _check_format_version(meta.get("format_version"), str(path))
+    if not isinstance(meta["config"], dict):
+        raise CheckpointError(f"{path}: 'config' is not a mapping of field values")
     return meta
+
+
+def model_config(model: nn.Module) -> dict[str, Any] | None:
+    """``model.config`` as plain JSON values (tuples become lists), or ``None`` when the model
+    has no dataclass ``config``; what checkpoints store to recognise an architecture."""
+    config = getattr(model, "config", None)
+    if config is None or not dataclasses.is_dataclass(config) or isinstance(config, type):
+        return None
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def check_same_config(model: nn.Module, state: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` if ``state`` records a ``model_config``/``model_class``
+    different from ``model``'s: two architectures can have tensors of the same names and shapes
+    (e.g. a different ``n_head``), so comparing shapes alone would load the wrong model."""
+    found, expected = state.get("model_config"), model_config(model)
+    if "model_class" in state and state["model_class"] != type(model).__name__:
+        raise CheckpointError(
+            f"{source} holds a {state['model_class']}, not a {type(model).__name__}"
+        )
+    if found is None or expected is None or found == expected:
+        return
+    if not isinstance(found, dict):
+        raise CheckpointError(f"{source}: its model_config is not a mapping (damaged file?)")
+    diff = [
+        f"{k}: checkpoint {found.get(k)!r} vs model {expected.get(k)!r}"
+        for k in sorted(found.keys() | expected.keys())
+        if found.get(k) != expected.get(k)
+    ]
+    raise CheckpointError(
+        f"{source} was written for another {type(model).__name__} configuration: "
+        + _preview(diff)
+    )
 
 
 def load_model(
@@ -167,18 +224,18 @@ def load_model(
         )
     cls = registry[name]
     config_class = cls.config_class
-    try:
-        config = config_class(**meta["config"])
-    except TypeError as e:
-        raise CheckpointError(f"{directory}: config does not match {name}: {e}") from e
-    model = cls(config)
-    state = _read_safetensors(directory / WEIGHTS_NAME)
+    try:  # a damaged or foreign config.json is a bad file, not a bug in the caller
+        model = cls(config_class(**meta["config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{directory}: config does not fit {name}: {e}") from e
+    state = read_safetensors(directory / WEIGHTS_NAME)
     check_compatible(model, state, str(directory / WEIGHTS_NAME))
     model.load_state_dict(state)
     return model.to(map_location).eval()
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; :class:`CheckpointError` if absent or unreadable."""
     if not path.is_file():
         raise CheckpointError(f"no weights file at {path}")
     try:
@@ -193,8 +250,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Atomically write a training checkpoint (nested dicts of tensors and plain Python values).
 
-    ``state`` must contain ``"model"`` (a state dict). A format version is added so that future
-    readers can refuse files they do not understand.
+    ``state`` must contain ``"model"`` (a state dict); add ``"model_class"`` and
+    ``"model_config"`` (:func:`model_config`) so that :func:`load_checkpoint` can refuse a
+    model of another configuration. A format version is added so that future readers can
+    refuse files they do not understand.
     """
     if "model" not in state:
         raise ValueError("a training checkpoint needs a 'model' state dict")
@@ -209,12 +268,15 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, safely (``weights_only=True``).
 
-    When ``model`` is given, its fit is checked before anything is returned, so the caller never
-    sees a checkpoint of another architecture.
+    When ``model`` is given, the checkpoint is checked against it before anything is returned:
+    the model class and configuration it recorded (``model_class``/``model_config``, which
+    :meth:`dlbook.train.Trainer.state_dict` stores) must equal ``model``'s, and its tensors
+    must have ``model``'s names and shapes. A checkpoint that recorded no configuration (one
+    saved by hand) is checked by names and shapes only.
 
     Raises:
-        CheckpointError: the file is missing, truncated/corrupt, not a dlbook checkpoint, or made
-            for a different model.
+        CheckpointError: the file is missing, truncated/corrupt, not a dlbook checkpoint, of a
+            newer format, or made for a different model.
     """
     path = Path(path)
     if not path.is_file():
@@ -228,11 +290,8 @@ def load_checkpoint(
         ) from e
     if not isinstance(state, dict) or "model" not in state or "format_version" not in state:
         raise CheckpointError(f"{path} is not a dlbook training checkpoint")
-    if state["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format version {state['format_version']}; this dlbook reads up to "
-            f"{FORMAT_VERSION}. Upgrade dlbook."
-        )
+    _check_format_version(state["format_version"], str(path))
     if model is not None:
+        check_same_config(model, state, str(path))
         check_compatible(model, state["model"], str(path))
     return state

@@ -11,6 +11,7 @@ import time
 
 from dlbook.chapters import find_chapter, list_chapters
 from dlbook.config import PROFILE_ENV, PROFILES
+from dlbook.device import get_device
 
 
 def _cmd_chapters(args: argparse.Namespace) -> int:
@@ -31,6 +32,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except LookupError as e:
         print(f"dlbook run: {e}", file=sys.stderr)
         return 2
+    if args.profile not in PROFILES:  # a default read from the environment skips `choices`
+        print(
+            f"dlbook run: {PROFILE_ENV}={args.profile!r} is not a profile; choose one of "
+            f"{', '.join(PROFILES)} (or pass --profile)",
+            file=sys.stderr,
+        )
+        return 2
+    try:  # fail here, in one line, rather than in a traceback from inside the chapter
+        get_device()
+    except ValueError as e:
+        print(f"dlbook run: {e}", file=sys.stderr)
+        return 2
     env = dict(os.environ, **{PROFILE_ENV: args.profile})
     if not args.show:
         env.setdefault("MPLBACKEND", "Agg")  # plots are drawn but no window blocks the run
@@ -42,13 +55,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from dlbook.perf import benchmark_gpt  # imports the models only when benchmarking
+    from dlbook.bench import benchmark_gpt  # imports the models only when benchmarking
 
-    result = benchmark_gpt(
-        args.size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-        dtype=args.dtype, compile=args.compile, peak_tflops=args.peak_tflops,
-    )
-    print(json.dumps(result.as_dict()) if args.json else result.report())
+    try:
+        device = get_device()
+        result = benchmark_gpt(
+            args.size, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+            dtype=args.dtype, compile=args.compile, peak_tflops=args.peak_tflops, device=device,
+        )
+    except ValueError as e:
+        print(f"dlbook bench: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.as_dict(), allow_nan=False) if args.json else result.report())
     return 0
 
 
@@ -59,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("chapters", help="list the chapters with their part and title")
     run = sub.add_parser("run", help="run one chapter script")
     run.add_argument("chapter", help="key (1.3), slug (01_basics/03_mlp) or file name")
-    run.add_argument("--profile", choices=PROFILES, default=os.environ.get(PROFILE_ENV, "book"))
+    run.add_argument(
+        "--profile", choices=PROFILES,
+        default=os.environ.get(PROFILE_ENV, "").strip().lower() or "book",
+    )
     run.add_argument("--show", action="store_true", help="open plot windows")
     bench = sub.add_parser("bench", help="measure training speed, memory and MFU")
     bench.add_argument("model", choices=["gpt"])

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from dlbook.config import check_int
 from dlbook.nn.transformer import swiglu_hidden
 
 RNN_GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -25,8 +26,7 @@ BREAKDOWN_KEYS = ("token embedding", "position embedding", "attention", "mlp", "
 
 def _positive(**values: Any) -> None:
     for name, value in values.items():
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value)
 
 
 def linear_params(in_features: int, out_features: int, bias: bool = True) -> int:
@@ -208,9 +208,9 @@ def param_breakdown(model: nn.Module) -> dict[str, int]:
     """
     out = dict.fromkeys(BREAKDOWN_KEYS, 0)
     for name, p in model.named_parameters():  # shared (tied) tensors are listed once
-        if name.startswith(("wte.", "tok_emb.")):
+        if name.startswith(("wte.", "wtt.")):  # token and token-type (segment) tables
             key = "token embedding"
-        elif name.startswith(("wpe.", "pos_emb.")):
+        elif name.startswith("wpe."):
             key = "position embedding"
         elif ".attn." in name:
             key = "attention"

@@ -12,19 +12,31 @@ cache=...)`` returning ``(logits, loss)`` and a ``new_cache()`` method, such as
 from __future__ import annotations
 
 import math
+import numbers
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["check_sampling", "filter_top_k", "filter_top_p", "generate", "sample_next"]
+from dlbook.config import check_int
+
+__all__ = [
+    "check_sampling",
+    "entropy",
+    "filter_top_k",
+    "filter_top_p",
+    "generate",
+    "real_word_fraction",
+    "sample_next",
+    "words",
+]
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` largest logits of each row of ``logits (..., V)``; set the rest to
     ``-inf``. Ties with the ``k``-th largest are kept."""
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {k!r}")
+    check_int("top_k", k)
     kth = torch.topk(logits, min(int(k), logits.shape[-1]), dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, float("-inf"))
 
@@ -56,8 +68,8 @@ def check_sampling(
     integer and ``top_p`` in ``(0, 1]`` (``None`` disables either filter)."""
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_k is not None:
+        check_int("top_k", top_k)
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
 
@@ -72,14 +84,18 @@ def sample_next(
     """Choose the next token ``(B, 1)`` from ``logits (B, V)``.
 
     ``temperature=0`` takes the arg-max (greedy); otherwise the logits are divided by the
-    temperature, truncated by ``top_k`` and/or ``top_p`` (in that order) and sampled.
+    temperature, truncated by ``top_k`` and/or ``top_p`` (in that order) and sampled. Any tiny
+    positive temperature works and tends to greedy (one that rounds to 0 in float32 is greedy).
     """
     if logits.dim() != 2:
         raise ValueError(f"expected logits of shape (B, V), got {tuple(logits.shape)}")
     check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
+    if torch.tensor(temperature, dtype=torch.float32).item() == 0.0:  # 0, or below float32
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    # Shift the best logit to 0 before dividing: with a tiny temperature the quotients of the
+    # others then go to -inf (probability 0), never to +inf (softmax of inf - inf is nan).
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         logits = filter_top_k(logits, top_k)
     if top_p is not None:
@@ -123,13 +139,15 @@ def generate(
     """
     if idx.dim() != 2 or idx.shape[1] < 1:
         raise ValueError(f"expected prompt ids (B, T) with T >= 1, got {tuple(idx.shape)}")
-    n_new = max_new_tokens
-    if isinstance(n_new, bool) or int(n_new) != n_new or n_new < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {n_new!r}")
+    check_int("max_new_tokens", max_new_tokens, low=0)
     vocab_size, block_size = model.config.vocab_size, model.config.block_size
-    stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=idx.device)
+    stop_list = list(stop_tokens)
+    bad = [t for t in stop_list if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+    if bad:  # torch.tensor(..., dtype=long) would silently truncate 2.7 to 2
+        raise ValueError(f"stop tokens must be integer ids, got {bad!r}")
+    stops = torch.tensor([int(t) for t in stop_list], dtype=torch.long, device=idx.device)
     if stops.numel() and (int(stops.min()) < 0 or int(stops.max()) >= vocab_size):
-        raise ValueError(f"stop tokens must lie in [0, {vocab_size}), got {list(stop_tokens)}")
+        raise ValueError(f"stop tokens must lie in [0, {vocab_size}), got {stop_list}")
     check_sampling(temperature, top_k, top_p)  # before the first (possibly long) forward pass
 
     was_training = model.training
@@ -158,3 +176,48 @@ def generate(
     finally:
         model.train(was_training)
     return idx
+
+
+# --------------------------------------------------------------------------- measuring samples
+
+
+def entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy in nats of the next-token distributions ``softmax(logits / temperature)``:
+    ``logits (..., V)`` → ``(...)``.
+
+    Computed from ``log_softmax`` (in at least float32), so tokens of probability 0 (``-inf``
+    logits, or underflow at a small temperature) contribute 0 instead of ``nan``.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32))
+                             / temperature, dim=-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
+
+
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``: maximal runs of ASCII letters (case kept), so punctuation,
+    digits and line breaks separate words and never make one unknown."""
+    return _WORD.findall(text)
+
+
+def real_word_fraction(sample: str, vocabulary: set[str]) -> float:
+    """The fraction of the words of the generated text ``sample`` that are in ``vocabulary``
+    (e.g. ``set(words(training_text))``): the book's one measure of spelling in samples.
+
+    ``sample`` is a continuation cut out of a longer text, so a word touching either end may be
+    a piece of a word: a first word that starts at the very first character (it may continue
+    the prompt's last word) and a last word that ends at the very last character (the length
+    limit may have cut it) are left out. ``0.0`` when no whole word remains.
+    """
+    found = words(sample)
+    if sample[:1].isascii() and sample[:1].isalpha():
+        found = found[1:]
+    if sample[-1:].isascii() and sample[-1:].isalpha():
+        found = found[:-1]
+    if not found:
+        return 0.0
+    return sum(w in vocabulary for w in found) / len(found)

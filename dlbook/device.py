@@ -20,15 +20,31 @@ def get_device(prefer: str | None = None) -> torch.device:
     reproduce CPU numbers on a GPU machine.
 
     Raises:
-        RuntimeError: if the requested device is not available on this machine.
+        ValueError: the requested device is not a device name, or not available here.
     """
-    name = prefer or os.environ.get(DEVICE_ENV)
+    name = (prefer or os.environ.get(DEVICE_ENV) or "").strip()
     if name:
-        device = torch.device(name)
+        source = "requested" if prefer else f"requested by {DEVICE_ENV}"
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"device {name!r} ({source}) is not a device name; use cpu, cuda, cuda:N or mps"
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} was requested but CUDA is not available here")
+            raise ValueError(
+                f"device {name!r} was {source} but CUDA is not available here; use cpu"
+            )
+        if device.type == "cuda" and device.index is not None:
+            if device.index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"device {name!r} was {source} but this machine has "
+                    f"{torch.cuda.device_count()} CUDA device(s)"
+                )
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError(f"device {name!r} was requested but MPS is not available here")
+            raise ValueError(f"device {name!r} was {source} but MPS is not available here; use cpu")
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device {name!r} ({source}) is not supported; use cpu, cuda or mps")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -6,7 +6,7 @@ GPT on a fixed token budget.
 * :func:`compute_frontier` keeps the runs that no cheaper run beats: the lower envelope of loss
   against compute.
 * :func:`train_for_tokens` trains a character-level GPT from scratch on ``tokens`` training
-  tokens with :func:`dlbook.pretrained.pretrain` (warm-up + cosine schedule fitted to the
+  tokens with :func:`dlbook.pretrain.pretrain` (warm-up + cosine schedule fitted to the
   budget) and measures its validation loss on fixed windows.
 """
 
@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from dlbook.nn.gpt import GPT, GPTConfig
-from dlbook.perf import flops_per_token
-from dlbook.pretrained import PretrainConfig, estimate_loss, pretrain
+from dlbook.bench import flops_per_token, matmul_params
+from dlbook.config import check_int
+from dlbook.nn.gpt import GPTConfig
+from dlbook.pretrain import PretrainConfig, estimate_loss, pretrain
 
 __all__ = [
     "compute_frontier",
     "fit_power_law",
-    "non_embedding_params",
     "train_for_tokens",
 ]
 
@@ -126,16 +126,6 @@ def compute_frontier(points: Iterable[Sequence[Any]]) -> list[Sequence[Any]]:
     return frontier
 
 
-def non_embedding_params(model: GPT) -> int:
-    """Parameters of ``model`` without the token and position tables: the ``N`` of scaling-law
-    papers (with weight tying the token table is also the output layer, left out as well)."""
-    n = sum(p.numel() for p in model.parameters())
-    n -= model.wte.weight.numel()
-    if model.wpe is not None:
-        n -= model.wpe.weight.numel()
-    return n
-
-
 def train_for_tokens(
     config: GPTConfig,
     tokens: int,
@@ -154,20 +144,19 @@ def train_for_tokens(
     validation loss and what the run cost.
 
     The run takes ``steps = round(tokens / (batch_size · block_size))`` optimizer steps (at
-    least 1) of :func:`dlbook.pretrained.pretrain`, whose warm-up + cosine schedule ends exactly
+    least 1) of :func:`dlbook.pretrain.pretrain`, whose warm-up + cosine schedule ends exactly
     at the budget. The validation loss is the mean over ``eval_batches`` batches of windows of
     ``val_data`` fixed by ``eval_seed``, so every run is scored on the same text.
 
     Returns:
         ``{"N", "D", "steps", "C", "C_attn", "val_loss", "seconds"}``: non-embedding parameters,
         tokens seen, steps, compute ``6 N D`` and the compute with the attention and output
-        layer terms (:func:`dlbook.perf.flops_per_token` times ``D``), the loss and wall time.
+        layer terms (:func:`dlbook.bench.flops_per_token` times ``D``), the loss and wall time.
 
     Raises:
         ValueError: a non-positive token budget or bad training settings.
     """
-    if isinstance(tokens, bool) or int(tokens) != tokens or tokens < 1:
-        raise ValueError(f"tokens must be a positive integer, got {tokens!r}")
+    check_int("tokens", tokens)
     if not 0.0 <= warmup_fraction < 1.0:
         raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction}")
     per_step = batch_size * config.block_size
@@ -189,9 +178,9 @@ def train_for_tokens(
     val_loss = estimate_loss(
         model, val_data, config.block_size, batch_size, eval_batches, seed=eval_seed
     )
-    n = non_embedding_params(model)
+    n = model.num_params(non_embedding=True)
     d = steps * per_step
-    matmul = model.num_params(non_embedding=True)  # with the tied output layer
+    matmul = matmul_params(model)  # with the tied output layer
     return {
         "N": float(n),
         "D": float(d),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import numbers
 import os
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Sequence
@@ -290,6 +291,8 @@ class ByteBPETokenizer:
         vocab, n = self._vocab, len(self._vocab)
         parts: list[bytes] = []
         for i in ids:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise ValueError(f"token ids are integers, got {i!r} ({type(i).__name__})")
             if 0 <= i < n:
                 parts.append(vocab[i])
             elif i in self._special_by_id:
@@ -307,7 +310,8 @@ class ByteBPETokenizer:
         ``encode``, e.g. sampled by a model, or a cut through a character) become U+FFFD.
 
         Raises:
-            ValueError: an id outside ``[0, vocab_size)`` (the message names it).
+            ValueError: an id that is not an integer (booleans and floats included) or lies
+                outside ``[0, vocab_size)`` (the message names it).
         """
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 

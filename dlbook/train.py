@@ -28,6 +28,7 @@ from dlbook.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_model,
+    model_config,
     save_checkpoint,
     save_model,
 )
@@ -300,6 +301,13 @@ class Trainer:
             raise ValueError("the training data set is empty")
         if early_stopping is not None and val_data is None:
             raise ValueError("early stopping monitors validation numbers: pass val_data")
+        if early_stopping is not None:  # fail now, not after a whole epoch
+            columns = ["train_loss", "lr", "val_loss", *(f"val_{k}" for k in self.metrics)]
+            if early_stopping.monitor not in columns:
+                raise ValueError(
+                    f"early stopping monitors {early_stopping.monitor!r}, which is not recorded; "
+                    f"choose one of {', '.join(columns)}"
+                )
         if resume and checkpoint_path is None:
             raise ValueError("resume=True needs a checkpoint_path")
         if resume and os.path.exists(checkpoint_path):  # type: ignore[arg-type]
@@ -355,6 +363,7 @@ class Trainer:
         """Everything needed to continue this run exactly: weights, optimizer, RNG, counters."""
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
+            "model_class": type(self.model).__name__,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch,
@@ -363,6 +372,9 @@ class Trainer:
             "history": self.history.rows,
             "cpu_rng": torch.get_rng_state(),
         }
+        config = model_config(self.model)
+        if config is not None:  # lets load() refuse a model of another configuration
+            state["model_config"] = config
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
         if self.device.type == "cuda":
@@ -376,7 +388,12 @@ class Trainer:
         return save_checkpoint(path, self.state_dict(early_stopping))
 
     def load(self, path: str | os.PathLike[str], early_stopping: EarlyStopping | None = None):
-        """Restore a checkpoint written by :meth:`save` (checked to fit this model first)."""
+        """Restore a checkpoint written by :meth:`save`, after checking that it was written for
+        this model's class and configuration, tensor names and shapes, and this seed.
+
+        Raises:
+            CheckpointError: the checkpoint is unreadable or belongs to another model or run.
+        """
         state = load_checkpoint(path, self.model, map_location=self.device)
         if state.get("seed") != self.seed:
             raise CheckpointError(

@@ -84,6 +84,7 @@ bibtex_reference_style = "author_year"
 html_theme = "sphinx_book_theme"
 html_title = "dlbook"
 html_static_path = ["_static"]
+templates_path = ["_templates"]  # search-button-field.html: see the file for why
 html_css_files = ["dlbook.css"]
 html_theme_options = {
     "show_toc_level": 2,

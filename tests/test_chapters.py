@@ -57,3 +57,30 @@ def test_cli_run_reports_unknown_chapter(capsys):
 
     assert main(["run", "42.1"]) == 2
     assert "chapters are:" in capsys.readouterr().err
+
+
+def test_cli_run_refuses_unknown_profile_from_environment(capsys, monkeypatch):
+    from dlbook.cli import main
+
+    monkeypatch.setenv("DLBOOK_PROFILE", "bogus")
+    assert main(["run", "1.1"]) == 2  # before the chapter starts, not in a traceback inside it
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'bogus' is not a profile" in err[0]
+
+
+def test_cli_run_success_path(tmp_path, monkeypatch):
+    """`dlbook run` runs the chapter script with the profile and returns its exit status."""
+    import dataclasses
+
+    from dlbook import cli
+
+    script = tmp_path / "chapter.py"
+    script.write_text(
+        "import os, sys\n"
+        "open('ran.txt', 'w').write(os.environ['DLBOOK_PROFILE'])\n"
+        "sys.exit(3)\n"
+    )
+    fake = dataclasses.replace(find_chapter("1.1"), path=script)
+    monkeypatch.setattr(cli, "find_chapter", lambda key: fake)
+    assert cli.main(["run", "1.1", "--profile", "smoke"]) == 3
+    assert (tmp_path / "ran.txt").read_text() == "smoke"

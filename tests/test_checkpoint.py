@@ -9,6 +9,7 @@ from dlbook.checkpoint import (
     atomic_write,
     load_checkpoint,
     load_model,
+    model_config,
     save_checkpoint,
     save_model,
 )
@@ -143,3 +144,58 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(target, crash)
     assert target.read_text() == "good"
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    "change, word",
+    [
+        ({"hidden": ["eight"]}, "hidden"),  # the config class's own validation: ValueError
+        ({"activation": "swish"}, "activation"),
+        ({"bogus": 1}, "bogus"),  # an unexpected field: TypeError
+        ({"dropout": 2.0}, "dropout"),
+    ],
+)
+def test_bad_config_values_are_a_checkpoint_error(tmp_path, change, word):
+    save_model(_mlp(), tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"].update(change)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"config does not fit MLP.*{word}"):
+        load_model(tmp_path / "m", MODELS)
+
+
+@pytest.mark.parametrize("version, word", [(99, "format version 99"), (None, "format_version"),
+                                           ("1", "format_version")])
+def test_model_format_version_is_checked(tmp_path, version, word):
+    save_model(_mlp(), tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    meta = json.loads(path.read_text())
+    assert meta["format_version"] == 1
+    meta["format_version"] = version
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=word):
+        load_model(tmp_path / "m", MODELS)
+
+
+def test_training_checkpoint_format_version_is_checked(tmp_path):
+    model = _mlp()
+    torch.save({"format_version": 2, "model": model.state_dict()}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="format version 2"):
+        load_checkpoint(tmp_path / "new.pt")
+    torch.save({"format_version": "x", "model": model.state_dict()}, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="format_version"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_load_checkpoint_checks_the_recorded_config(tmp_path):
+    model = _mlp()
+    save_checkpoint(tmp_path / "c.pt", {"model": model.state_dict(), "model_class": "MLP",
+                                        "model_config": model_config(model)})
+    load_checkpoint(tmp_path / "c.pt", _mlp(seed=1))  # same architecture, other weights: fine
+    other = MLP(MLPConfig(in_features=4, hidden=[8], out_features=3, activation="tanh"))
+    with pytest.raises(CheckpointError, match="activation: checkpoint 'relu' vs model 'tanh'"):
+        load_checkpoint(tmp_path / "c.pt", other)  # identical shapes, another model
+    save_checkpoint(tmp_path / "d.pt", {"model": model.state_dict(), "model_class": "LeNet"})
+    with pytest.raises(CheckpointError, match="holds a LeNet, not a MLP"):
+        load_checkpoint(tmp_path / "d.pt", model)

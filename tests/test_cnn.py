@@ -12,13 +12,9 @@ from torch.nn import functional as F
 
 from dlbook.checkpoint import load_model, save_model
 from dlbook.data.mnist import load_mnist_subset
-from dlbook.nn.cnn import LeNet, LeNetConfig, ResidualBlock, ResNet, ResNetConfig
+from dlbook.nn.cnn import LeNet, LeNetConfig, ResidualBlock, ResNet, ResNetConfig, out_size
 
 REGISTRY = {"LeNet": LeNet, "ResNet": ResNet}
-
-
-def out_size(n: int, k: int, p: int, s: int, d: int) -> int:
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def conv2d_im2col(x, weight, bias, stride, padding, dilation):
@@ -103,6 +99,21 @@ def test_numpy_loop_conv_matches_f_conv2d(seed):
     np.testing.assert_allclose(
         conv2d_numpy_loops(x, w, b, stride, padding, dilation), ref.numpy(), atol=1e-10
     )
+
+
+def test_out_size_rejects_bad_input():
+    with pytest.raises(ValueError, match="does not fit"):
+        out_size(2, 5)
+    for bad in ({"n": 0}, {"k": 2.0}, {"p": -1}, {"s": True}):
+        with pytest.raises(ValueError, match="must be a (positive|non-negative) integer"):
+            out_size(**{"n": 8, "k": 3, **bad})
+
+
+def test_lenet_feature_size_uses_the_formula():
+    for size in (12, 13, 28, 32, 57):
+        model = LeNet(LeNetConfig(image_size=size))
+        f = LeNetConfig(image_size=size).feature_size
+        assert model.features(torch.zeros(1, 1, size, size)).shape[-2:] == (f, f)
 
 
 def test_output_size_formula_on_grid():

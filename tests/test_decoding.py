@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -175,3 +177,49 @@ def test_bad_prompts_get_clear_errors():
         generate(model, torch.full((1, 2), 17), 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, torch.zeros(1, 2, dtype=torch.long), -1)
+
+
+def test_tiny_positive_temperature_is_greedy_not_a_crash():
+    """Dividing by 1e-30 used to give inf logits, nan probabilities and a multinomial error."""
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1)) * 10
+    greedy = logits.argmax(-1, keepdim=True)
+    for t in (1e-8, 1e-30, 5e-324):
+        assert torch.equal(sample_next(logits, t), greedy)
+    masked = logits.clone()
+    masked[:, :10] = float("-inf")  # -inf logits (filtered tokens) stay at probability 0
+    assert torch.equal(sample_next(masked, 1e-30), masked.argmax(-1, keepdim=True))
+
+
+@pytest.mark.parametrize("stops", [[2.7], [True], ["3"], [1, 2.0]])
+def test_non_integer_stop_tokens_are_refused(stops):
+    with pytest.raises(ValueError, match="stop tokens must be integer ids"):
+        generate(tiny_gpt(0), torch.zeros(1, 2, dtype=torch.long), 3, stop_tokens=stops)
+
+
+def test_entropy_of_tempered_distributions():
+    from dlbook.decoding import entropy
+
+    logits = torch.randn(3, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p = torch.softmax(logits / 0.7, -1)
+    torch.testing.assert_close(entropy(logits, 0.7), -(p * p.log()).sum(-1))
+    uniform = torch.zeros(2, 5)
+    torch.testing.assert_close(entropy(uniform), torch.full((2,), math.log(5)))
+    masked = torch.tensor([[0.0, float("-inf"), float("-inf")]])
+    assert entropy(masked).item() == 0.0  # -inf logits contribute 0, not nan
+    assert entropy(logits, 1e-6).max() < 1e-6  # tiny temperature: one-hot, no nan
+    hs = [entropy(logits, t).mean().item() for t in (0.25, 0.5, 1.0, 2.0)]
+    assert hs == sorted(hs)
+    with pytest.raises(ValueError, match="temperature"):
+        entropy(logits, 0.0)
+
+
+def test_real_word_fraction_one_rule():
+    from dlbook.decoding import real_word_fraction, words
+
+    vocab = set(words("And God said, Let there be light: and there was light."))
+    assert words("LORD's day, 3 times") == ["LORD", "s", "day", "times"]
+    assert real_word_fraction(" said, Let there be lihgt and", vocab) == pytest.approx(4 / 5)
+    # a word touching a cut end may be a piece of a word: left out
+    assert real_word_fraction("aid Let there be lig", vocab) == 1.0
+    assert real_word_fraction("xyz", vocab) == 0.0  # nothing whole is left
+    assert real_word_fraction(" said, Light ", vocab) == 0.5  # case-sensitive

@@ -11,7 +11,7 @@ def test_cpu_can_be_forced(monkeypatch):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
 def test_unavailable_cuda_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    with pytest.raises(ValueError, match="CUDA is not available"):
         get_device("cuda")
 
 

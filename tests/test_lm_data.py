@@ -112,3 +112,24 @@ def test_windows_stay_inside_split():
         assert int(x.min()) >= 1500 and int(y.max()) < 2000
         x, y = sample_windows(train, 32, 8, g)
         assert int(y.max()) < 1500
+
+
+def test_write_tokens_is_atomic(tmp_path, monkeypatch):
+    import dlbook.checkpoint
+
+    path = tmp_path / "ids.bin"
+    write_tokens(path, [1, 2, 3], vocab_size=5)
+
+    def crash(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dlbook.checkpoint.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_tokens(path, [4, 4, 4, 4], vocab_size=5)
+    monkeypatch.undo()
+    # the crash came before the new description was written: the stream is refused, not misread
+    with pytest.raises(FileNotFoundError):
+        read_tokens(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.bin"]  # no temporary left
+    write_tokens(path, [4, 4, 4, 4], vocab_size=5)
+    assert read_tokens(path).tolist() == [4, 4, 4, 4]

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dlbook.bench import flops_per_token, matmul_params
 from dlbook.nn.gpt import GPT, GPTConfig
-from dlbook.perf import flops_per_token
-from dlbook.scaling import compute_frontier, fit_power_law, non_embedding_params, train_for_tokens
+from dlbook.scaling import compute_frontier, fit_power_law, train_for_tokens
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -106,13 +106,20 @@ def test_frontier_example_and_errors() -> None:
         compute_frontier([(1.0,)])
 
 
-def test_non_embedding_params() -> None:
+def test_non_embedding_params_one_definition() -> None:
+    """Kaplan's N (GPT.num_params(non_embedding=True)) leaves out both tables; the FLOP count's
+    matmul parameters leave out only the position table (the tied token table is the output
+    layer's matrix product)."""
     cfg = GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16)
     model = GPT(cfg)
     inner = ("blocks", "ln_f")
     expected = sum(p.numel() for n, p in model.named_parameters() if n.startswith(inner))
-    assert non_embedding_params(model) == expected
-    assert model.num_params(non_embedding=True) - non_embedding_params(model) == 50 * 16
+    assert model.num_params(non_embedding=True) == expected
+    assert model.num_params() == expected + 50 * 16 + 8 * 16  # tied head counted once
+    assert matmul_params(model) - model.num_params(non_embedding=True) == 50 * 16
+    rope = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16, rope=True))
+    assert rope.num_params(non_embedding=True) == expected  # no position table to leave out
+    assert matmul_params(rope) == rope.num_params()
 
 
 def test_train_for_tokens_small_run() -> None:
@@ -131,9 +138,9 @@ def test_train_for_tokens_small_run() -> None:
     finally:
         torch.set_num_threads(threads)
     assert r["steps"] == 20 and r["D"] == 20 * 64
-    n = non_embedding_params(GPT(cfg))
+    n = GPT(cfg).num_params(non_embedding=True)
     assert r["N"] == n and r["C"] == 6 * n * r["D"]
-    assert r["C_attn"] == flops_per_token(cfg, GPT(cfg).num_params(True)) * r["D"]
+    assert r["C_attn"] == flops_per_token(cfg, matmul_params(GPT(cfg))) * r["D"]
     assert r["val_loss"] < np.log(8) - 0.5  # learnt much of the pattern
     with pytest.raises(ValueError, match="tokens"):
         train_for_tokens(cfg, 0, train, val)

@@ -112,3 +112,28 @@ def test_load_kjv_missing_package(monkeypatch):
             load_kjv()
     finally:
         load_kjv.cache_clear()
+
+
+@pytest.mark.parametrize("ids", [[True, 0], [1.0], [0, 1.5]])
+def test_decode_refuses_non_integer_ids(ids):
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(ValueError, match="token ids are integers"):
+        tok.decode(ids)
+    assert tok.decode([0, 2]) == "ac"
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    import dlbook.checkpoint
+
+    path = tmp_path / "tok.json"
+    CharTokenizer.from_text("abc").save(path)
+    before = path.read_bytes()
+
+    def crash(fd: int) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dlbook.checkpoint.os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        CharTokenizer.from_text("xyz").save(path)
+    assert path.read_bytes() == before  # the old file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json"]  # no temporary left

@@ -316,3 +316,11 @@ def test_more_merges_never_lengthen_any_text(s):
                     prev = merge_pair(prev, tok.merges[j], 256 + j)
                 assert ids == prev
             prev = ids
+
+
+@pytest.mark.parametrize("ids", [[True], [65, False], [65.0], [1.5]])
+def test_decode_refuses_non_integer_ids(ids):
+    tok = trained()
+    with pytest.raises(ValueError, match="token ids are integers"):
+        tok.decode(ids)
+    assert tok.decode([65, 66]) == "AB"

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from dlbook.checkpoint import CheckpointError
+from dlbook.checkpoint import CheckpointError, load_checkpoint
 from dlbook.nn import MLP, MLPConfig
 from dlbook.train import EarlyStopping, History, Trainer, accuracy
 
@@ -87,7 +87,7 @@ def test_resume_refuses_checkpoint_of_other_model(blobs, tmp_path):
     torch.manual_seed(0)
     other = MLP(MLPConfig(in_features=4, hidden=[32], out_features=3))
     trainer = Trainer(other, torch.optim.SGD(other.parameters(), lr=0.1), progress=False)
-    with pytest.raises(CheckpointError, match="shape mismatch"):
+    with pytest.raises(CheckpointError, match=r"another MLP configuration.*hidden: checkpoint"):
         trainer.fit(train, epochs=2, checkpoint_path=tmp_path / "c.pt", resume=True)
 
 
@@ -194,3 +194,68 @@ def test_gradient_accumulation_equals_the_large_batch(blobs, k):
 def test_accumulation_steps_validated():
     with pytest.raises(ValueError, match="accumulation_steps"):
         _trainer(accumulation_steps=0)
+
+
+def _gpt_trainer(n_head: int, seed: int = 0) -> Trainer:
+    from dlbook.nn import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    gpt = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=n_head, n_embd=16))
+    opt = torch.optim.AdamW(gpt.parameters(), lr=1e-3)
+    return Trainer(gpt, opt, lambda out, y: out[1], device="cpu", progress=False)
+
+
+def test_resume_refuses_same_shapes_of_another_architecture(tmp_path):
+    """n_head = 2 and n_head = 4 have tensors of the same names and shapes: only the stored
+    model config tells the two apart."""
+    x = torch.randint(0, 11, (2, 8))
+    first = _gpt_trainer(n_head=2)
+    first.forward = lambda idx: first.model(idx, x)  # the loss needs the targets here
+    first.train_step(x, x)
+    first.save(tmp_path / "c.pt")
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert state["model_class"] == "GPT" and state["model_config"]["n_head"] == 2
+    with pytest.raises(CheckpointError, match="n_head: checkpoint 2 vs model 4"):
+        _gpt_trainer(n_head=4).load(tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match="another GPT configuration"):
+        load_checkpoint(tmp_path / "c.pt", _gpt_trainer(n_head=4).model)
+    _gpt_trainer(n_head=2).load(tmp_path / "c.pt")  # the same architecture loads
+
+
+def test_early_stopping_on_unknown_metric_fails_before_training(blobs):
+    train, val = blobs
+    trainer = _trainer()
+    with pytest.raises(ValueError, match="'val_acc'.*val_accuracy"):
+        trainer.fit(train, val, epochs=3, early_stopping=EarlyStopping(monitor="val_acc"))
+    assert trainer.step == 0 and len(trainer.history) == 0  # failed at once, not after an epoch
+    stopper = EarlyStopping(monitor="val_accuracy", mode="max", patience=1)
+    trainer.fit(train, val, epochs=1, early_stopping=stopper)  # a recorded metric is accepted
+    assert stopper.best_epoch == 1
+
+
+def test_fp16_with_grad_scaler_trains_on_cpu(blobs):
+    """CPU autocast supports float16 and GradScaler works on the CPU in torch >= 2.3: the
+    fp16 path of train_step (scale, unscale for clipping, step, update) really runs."""
+    train, val = blobs
+    trainer = _trainer(amp="fp16", grad_clip=1.0, scheduler=False, dropout=0.0)
+    assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
+    start = trainer.scaler.get_scale()
+    history = trainer.fit(train, val, epochs=3, batch_size=32)
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    assert trainer.scaler.get_scale() > 0 and start == 2.0**16
+    assert "scaler" in trainer.state_dict() and trainer.state_dict()["scaler"]["scale"] > 0
+
+
+def test_compiled_trainer_matches_eager(blobs):
+    train, _ = blobs
+    eager = _trainer(dropout=0.0, scheduler=False)
+    compiled = _trainer(dropout=0.0, scheduler=False, compile=True)
+    assert compiled.forward is not compiled.model  # the forward pass goes through the compiler
+    x, y = train.tensors[0][:32], train.tensors[1][:32]
+    losses = [(eager.train_step(x, y), compiled.train_step(x, y)) for _ in range(3)]
+    for a, b in losses:
+        assert a == pytest.approx(b, rel=1e-5)
+    for p, q in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert "model" in compiled.state_dict()  # checkpoints hold the plain model's names
+    assert not any(k.startswith("_orig_mod") for k in compiled.state_dict()["model"])

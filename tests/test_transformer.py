@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dlbook.checkpoint import load_model, save_model
+from dlbook.counting import gpt_params
 from dlbook.nn.gpt import GPT, GPTConfig
 from dlbook.nn.transformer import (
     FeedForward,
@@ -129,9 +130,11 @@ def test_gpt_shapes_and_initial_loss(kw):
     logits_only, none = model(idx[:, :5])
     assert none is None and logits_only.shape == (4, 5, 97)
     assert model.lm_head.weight is model.wte.weight
-    assert model.num_params(non_embedding=False) == sum(
-        p.numel() for p in {id(p): p for p in model.parameters()}.values()
-    )
+    # the count against the independent closed form of dlbook.counting (tied head counted once)
+    c = model.config
+    assert model.num_params() == gpt_params(c)
+    tables = c.vocab_size * c.n_embd + (0 if c.rope else c.block_size * c.n_embd)
+    assert model.num_params(non_embedding=True) == gpt_params(c) - tables
 
 
 def test_gpt_is_causal():
@@ -190,3 +193,58 @@ def test_gpt_generate():
     assert out.shape == (2, 23)
     again = model.generate(torch.zeros(2, 3, dtype=torch.long), 20, temperature=0)
     assert torch.equal(out, again)
+
+
+def bert_layout(**kw) -> TransformerEncoderConfig:
+    cfg = dict(vocab_size=40, block_size=12, n_layer=2, n_head=2, n_embd=16, norm_first=False,
+               type_vocab_size=2, emb_norm=True, norm_eps=1e-12, mlp_hidden=24, head=False)
+    cfg.update(kw)
+    return TransformerEncoderConfig(**cfg)
+
+
+def test_encoder_bert_layout_options():
+    torch.manual_seed(0)
+    model = TransformerEncoder(bert_layout()).eval()
+    names = {n.split(".")[0] for n, _ in model.named_parameters()}
+    assert names == {"wte", "wpe", "wtt", "emb_norm", "blocks"}  # post-norm: no ln_f, no head
+    assert model.blocks[0].mlp.c_fc.out_features == 24
+    assert model.blocks[0].norm1.eps == 1e-12 and model.emb_norm.eps == 1e-12
+    assert not model.blocks[0].norm_first
+    idx = torch.randint(0, 40, (3, 7))
+    h = model(idx)
+    assert h.shape == (3, 7, 16)
+    torch.testing.assert_close(model.hidden_states(idx), h)
+    # token type 0 is the default; type 1 changes the output
+    types = torch.zeros_like(idx)
+    torch.testing.assert_close(model(idx, token_type_ids=types), h)
+    assert not torch.allclose(model(idx, token_type_ids=1 - types), h)
+    # padded positions do not change the real ones
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[0, 4:] = False
+    idx2 = idx.clone()
+    idx2[0, 4:] = (idx[0, 4:] + 1) % 40
+    torch.testing.assert_close(model(idx, mask)[0, :4], model(idx2, mask)[0, :4])
+    assert not torch.allclose(model(idx)[0, :4], model(idx2)[0, :4])
+    # a post-norm output is layer-normalised at every position (unit gain, zero shift at init)
+    torch.testing.assert_close(h.std(-1, unbiased=False), torch.ones(3, 7))
+
+
+def test_encoder_default_keeps_pre_norm_and_head():
+    model = TransformerEncoder(TransformerEncoderConfig(vocab_size=12, block_size=9, n_embd=16))
+    assert model.blocks[0].norm_first and model.ln_f is not None and model.head is not None
+    assert model.wtt is None and model.emb_norm is None
+    assert model.ln_f.eps == 1e-5 and model.blocks[0].mlp.c_fc.out_features == 64
+
+
+def test_encoder_bad_token_types():
+    model = TransformerEncoder(bert_layout())
+    idx = torch.randint(0, 40, (2, 5))
+    with pytest.raises(ValueError, match="token ids must lie"):
+        model(idx, token_type_ids=torch.full((2, 5), 2))
+    with pytest.raises(ValueError, match="shape"):
+        model(idx, token_type_ids=torch.zeros(2, 4, dtype=torch.long))
+    plain = TransformerEncoder(TransformerEncoderConfig(vocab_size=40, block_size=12))
+    with pytest.raises(ValueError, match="type_vocab_size=0"):
+        plain(idx, token_type_ids=torch.zeros_like(idx))
+    with pytest.raises(ValueError, match="mlp_hidden"):
+        bert_layout(mlp_hidden=-1)

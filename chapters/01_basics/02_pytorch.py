@@ -13,13 +13,13 @@
 
 # %%
 import math
-import time
 
 import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
 from dlbook import get_device, pick, seed_everything
+from dlbook.bench import seconds_per_call
 from dlbook.book import glue
 
 _ = seed_everything(0)
@@ -368,40 +368,18 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def seconds_per_call(fn, *args, repeats: int) -> float:
-    """Median wall time of `repeats` calls (after two warm-up calls)."""
-    for _ in range(2):
-        fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def first_call_seconds(fn, *args) -> float:
-    """Wall time of the first call: for a compiled function, this includes compiling it."""
-    start = time.perf_counter()
-    fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
+# `dlbook.bench.seconds_per_call` is the book's stopwatch: warm-up calls, then the median of
+# timed calls, with the GPU synchronised (its kernels run asynchronously). With no warm-up and
+# one call it times a first call, compilation included.
 repeats = pick(smoke=2, book=20)
 n = pick(smoke=1024, book=2**22, full=2**26)
 big = torch.randn(n, device=device)
 gelu_compiled = torch.compile(gelu_tanh)
-compile_seconds = first_call_seconds(gelu_compiled, big)
+compile_seconds = seconds_per_call(lambda: gelu_compiled(big), repeats=1, warmup=0, device=device)
 assert torch.allclose(gelu_compiled(big), gelu_tanh(big), atol=1e-6)
 assert torch.allclose(gelu_tanh(big), nn.functional.gelu(big, approximate="tanh"), atol=1e-6)
-t_eager = seconds_per_call(gelu_tanh, big, repeats=repeats)
-t_compiled = seconds_per_call(gelu_compiled, big, repeats=repeats)
+t_eager = seconds_per_call(lambda: gelu_tanh(big), repeats=repeats, warmup=2, device=device)
+t_compiled = seconds_per_call(lambda: gelu_compiled(big), repeats=repeats, warmup=2, device=device)
 print(f"GELU on {n:,} numbers: eager {1e3 * t_eager:.2f} ms, compiled {1e3 * t_compiled:.2f} ms, "
       f"first call (compiling) {compile_seconds:.1f} s")
 glue("s1_2_gelu_n", n, ",")
@@ -423,10 +401,10 @@ mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width),
 mlp_compiled = torch.compile(mlp)
 xb = torch.randn(batch, width, device=device)
 with torch.no_grad():
-    mlp_compile_seconds = first_call_seconds(mlp_compiled, xb)
+    mlp_compile_seconds = seconds_per_call(lambda: mlp_compiled(xb), repeats=1, warmup=0, device=device)
     assert torch.allclose(mlp_compiled(xb), mlp(xb), atol=1e-5)
-    t_mlp_eager = seconds_per_call(mlp, xb, repeats=repeats)
-    t_mlp_compiled = seconds_per_call(mlp_compiled, xb, repeats=repeats)
+    t_mlp_eager = seconds_per_call(lambda: mlp(xb), repeats=repeats, warmup=2, device=device)
+    t_mlp_compiled = seconds_per_call(lambda: mlp_compiled(xb), repeats=repeats, warmup=2, device=device)
 print(f"MLP: eager {1e3 * t_mlp_eager:.3f} ms, compiled {1e3 * t_mlp_compiled:.3f} ms, "
       f"first call (compiling) {mlp_compile_seconds:.1f} s")
 glue("s1_2_mlp_eager_ms", 1e3 * t_mlp_eager, ".3f")
@@ -453,9 +431,9 @@ plt.show()
 # speed-up of {glue}`s1_2_mlp_speedup`×. The price is paid once per process and shape: the first
 # call of the compiled GELU took {glue}`s1_2_compile_seconds` s and that of the MLP
 # {glue}`s1_2_mlp_compile_seconds` s, spent tracing the function and compiling it or loading the
-# compiled code from PyTorch's on-disk cache (under the system's temporary directory). These
-# numbers are for a machine that has compiled the same functions before; with an empty cache the
-# generated C++ or Triton code must also be compiled, and the first call takes longer. The
+# compiled code from PyTorch's on-disk cache (under the system's temporary directory). Where
+# that cache already holds the same functions, the first call only traces and loads; with an
+# empty cache the generated C++ or Triton code must also be compiled, and it takes longer. The
 # outputs equal the eager ones up to floating-point rounding, which the code asserts; the
 # speed-ups depend on the machine and are not asserted.
 #
@@ -586,8 +564,8 @@ for dtype, p in [(torch.bfloat16, 7), (torch.float16, 10)]:
 
 # %%
 other = torch.randn(n // 2 + 1, device=device)
-first = first_call_seconds(gelu_compiled, other)
-again = seconds_per_call(gelu_compiled, other, repeats=repeats)
+first = seconds_per_call(lambda: gelu_compiled(other), repeats=1, warmup=0, device=device)
+again = seconds_per_call(lambda: gelu_compiled(other), repeats=repeats, warmup=2, device=device)
 assert torch.allclose(gelu_compiled(other), gelu_tanh(other), atol=1e-6)
 print(f"new shape: first call {first:.2f} s, then {1e3 * again:.2f} ms per call")
 

@@ -239,10 +239,17 @@ count = sum(p.numel() for p in digits_mlp.parameters())
 glue("s1_3_param_count", count, ",")
 assert count == mlp_parameter_count(digits_sizes) == 65 * 128 + 129 * 64 + 65 * 10
 assert sum(p.numel() for p in library_mlp.parameters()) == mlp_parameter_count(sizes)
+# doubling the hidden widths: the hidden-to-hidden product quadruples, the ends only double
+doubled = mlp_parameter_count([64, 256, 128, 10]) / count
+glue("s1_3_doubled_ratio", doubled, ".2f")
+assert 2 < doubled < 4
 
 # %% [markdown]
 # That MLP has {glue}`s1_3_param_count` parameters. The count grows with the *product* of
-# neighbouring widths: doubling every hidden width roughly quadruples it.
+# neighbouring widths, so doubling both hidden widths quadruples the $128 \cdot 64$ term but
+# only doubles the terms that touch the fixed 64 inputs and 10 outputs: the total grows
+# {glue}`s1_3_doubled_ratio`-fold. The deeper the MLP, the more its hidden-to-hidden products
+# dominate and the closer the factor comes to 4.
 #
 # ## Why the nonlinearity matters
 #

@@ -139,8 +139,12 @@ glue("s1_4_n_train", len(ours))
 #
 # which is an unbiased estimate of $\nabla L$ (its expectation over random batches is the full
 # gradient) at a cost of $B$ examples instead of $N$. The **learning rate** $\eta$ sets the step
-# size. Let us check the unbiasedness claim on our model: averaging the batch gradients of one
-# epoch, weighted by batch size, gives exactly the full gradient.
+# size. Let us check the unbiasedness claim on our model. We draw $M$ random batches, average
+# their gradients and compare the average with the full gradient. An unbiased estimate misses
+# only by its noise: if one batch gradient has per-coordinate variance $s_j^2$, the mean of $M$
+# independent ones misses the full gradient by a squared distance whose expectation is
+# $\sum_j s_j^2 / M$. We estimate the $s_j^2$ from the same $M$ batches and assert that the
+# squared distance stays below three times that, while a single batch gradient is far off.
 
 # %%
 config = MLPConfig(in_features=64, hidden=[128, 64], out_features=10, dropout=0.1)
@@ -156,9 +160,33 @@ def flat_grad(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 full = flat_grad(*splits.train.tensors)
+x_all, y_all = splits.train.tensors
+n_batches = pick(smoke=20, book=400)
+g = torch.Generator().manual_seed(1)
+batch_grads = torch.stack([
+    flat_grad(x_all[idx], y_all[idx])
+    for idx in (torch.randperm(len(x_all), generator=g)[:batch_size] for _ in range(n_batches))
+])  # (M, P): M random batches, drawn as a shuffled DataLoader draws them
+mean_grad = batch_grads.mean(dim=0)
+expected_sq = batch_grads.var(dim=0).sum() / n_batches  # E ||mean - full||^2 if unbiased
+err_sq = (mean_grad - full).pow(2).sum()
+one_sq = (batch_grads[0] - full).pow(2).sum()
+print(f"full-gradient norm {full.norm():.4f}; ||one batch - full||^2 = {one_sq:.2e}, "
+      f"||mean of {n_batches} - full||^2 = {err_sq:.2e} (expected {expected_sq:.2e})")
+glue("s1_4_unbiased_ratio", (err_sq / expected_sq).item(), ".2f")
+glue("s1_4_unbiased_m", n_batches)
+assert err_sq < 3 * expected_sq  # within the noise of M samples: no bias shows
+assert one_sq > 0.1 * n_batches * expected_sq  # ... while one batch alone is noisy
+# an epoch's batches partition the data, so their size-weighted mean is the full gradient exactly
 weighted = sum(flat_grad(xb, yb) * len(xb) for xb, yb in loader) / len(ours)
 torch.testing.assert_close(weighted, full, rtol=1e-4, atol=1e-6)
-print(f"full-gradient norm {full.norm():.4f}, mean of batch gradients {weighted.norm():.4f}")
+
+# %% [markdown]
+# The mean of {glue}`s1_4_unbiased_m` random batch gradients misses the full gradient by
+# {glue}`s1_4_unbiased_ratio` times the squared distance that pure noise predicts (about 1 when
+# there is no bias; a biased estimate would stay off by its bias however many batches we
+# average). The batches of one epoch, weighted by their sizes, even give the full gradient
+# exactly, because they partition the data.
 
 # %% [markdown]
 # ## Optimizer and learning-rate schedule

@@ -148,8 +148,9 @@ for row in history.rows[:3] + history.rows[max(3, len(history) - 2):]:
 # Resuming must continue the *same* run, which needs more than the weights: the optimizer's
 # moment estimates, the schedule's position, the epoch counter, and the random state that
 # dropout draws its masks from. We train a model with dropout for a number of epochs in one go;
-# then train another for half of them, throw the trainer away, build a new one in a fresh
-# random state, and resume from the checkpoint.
+# then train another for half of them, throw the trainer away, build a new one, move the
+# random state elsewhere (a new process would start from another one), and resume from the
+# checkpoint.
 
 # %%
 def dropout_trainer() -> Trainer:
@@ -166,8 +167,8 @@ first_half = dropout_trainer()
 first_half.fit(splits.train, epochs=total // 2, batch_size=64, checkpoint_path=workdir / "run.pt")
 del first_half
 shutil.copy(workdir / "run.pt", workdir / "half.pt")  # kept for the exercises
-torch.manual_seed(12345)  # a new process would start from some other random state
-resumed = dropout_trainer()
+resumed = dropout_trainer()  # builds the model from seed 0, as the first run did ...
+torch.manual_seed(12345)  # ... then the random state moves on, as in a new process it would
 resumed.fit(splits.train, epochs=total, batch_size=64, checkpoint_path=workdir / "run.pt",
             resume=True)
 
@@ -179,18 +180,20 @@ assert identical and resumed.step == straight.step
 # %% [markdown]
 # The checkpoint is written by `torch.save` and read with `torch.load(weights_only=True)`,
 # which accepts tensors and plain containers only and so cannot be made to run code. Before a
-# checkpoint is loaded, its tensor names and shapes are compared with the model's, so that the
-# checkpoint of a different model is refused with a diagnosis rather than half-loaded:
+# checkpoint is loaded, the model configuration it records and its tensor names and shapes are
+# compared with the model's, so that the checkpoint of a different model is refused with a
+# diagnosis rather than half-loaded:
 
 # %%
-wider = Trainer(MLP(MLPConfig(in_features=64, hidden=[256], out_features=10)),
-                torch.optim.SGD(fresh_model().parameters(), lr=0.1), progress=False)
+wider_model = MLP(MLPConfig(in_features=64, hidden=[256], out_features=10))
+wider = Trainer(wider_model, torch.optim.SGD(wider_model.parameters(), lr=0.1), progress=False)
+refused, message = False, ""
 try:
     wider.load(workdir / "run.pt")
 except CheckpointError as error:
-    message = str(error)
+    refused, message = True, str(error)
 print(message)
-assert "does not fit MLP" in message
+assert refused and "MLP" in message  # refused, with a diagnosis that names the model
 
 # %% [markdown]
 # ## Shipping the model
@@ -307,7 +310,9 @@ print(f"test accuracy with clipping: {clipped.evaluate(splits.test)['accuracy']:
 # :class: dropdown
 # ```
 # `os.replace` is atomic only within one file system. The system's temporary folder is often a
-# different file system (a RAM disk, say); the rename would then fail or degrade to a copy,
-# and a crash during a copy leaves a half-written file, the very thing we set out to avoid.
+# different file system (a RAM disk, say), and there the rename fails with an `OSError`
+# (`EXDEV`): `os.replace` never falls back to copying. Code that "fixes" the failure with a
+# copy (`shutil.move` does exactly that) loses atomicity, since a crash during a copy leaves a
+# half-written file, the very thing we set out to avoid.
 # ```{solution-end}
 # ```

@@ -13,7 +13,6 @@
 
 # %%
 import math
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -24,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dlbook import checks_enabled, get_device, pick, seed_everything
+from dlbook.bench import seconds_per_call
 from dlbook.book import glue
 
 seed_everything(0)
@@ -129,15 +129,6 @@ def f_scalar(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.tanh(W @ x).sum()
 
 
-def time_it(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 sizes = pick(smoke=[4, 16], book=[8, 32, 128, 512])
 fwd_times, rev_times = [], []
 for n in sizes:
@@ -153,8 +144,8 @@ for n in sizes:
         return torch.autograd.grad(f_scalar(xr, W), xr)[0]
 
     torch.testing.assert_close(forward_mode(), reverse_mode())  # same gradient, two ways
-    fwd_times.append(time_it(forward_mode))
-    rev_times.append(time_it(reverse_mode))
+    fwd_times.append(seconds_per_call(forward_mode, repeats=3, warmup=0))
+    rev_times.append(seconds_per_call(reverse_mode, repeats=3, warmup=0))
 
 plt.figure(figsize=(5, 3.2))
 plt.loglog(sizes, fwd_times, "o-", label="forward mode (n passes)")

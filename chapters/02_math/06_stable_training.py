@@ -11,7 +11,7 @@
 # This section measures the problem layer by layer, derives the initialization rules from a
 # variance argument and checks them, writes batch and layer normalization from their equations
 # and asserts they equal PyTorch's modules, and measures what residual connections do to the
-# gradient. The probes it uses, `grad_norms` and `activation_stats`, live in `dlbook.inspect`.
+# gradient. The probes it uses, `grad_norms` and `activation_stats`, live in `dlbook.probes`.
 
 # %%
 import math
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from dlbook import checks_enabled, get_device, pick, seed_everything
 from dlbook.book import glue
 from dlbook.data import load_digits
-from dlbook.inspect import activation_stats, grad_norms
+from dlbook.probes import activation_stats, grad_norms
 
 seed_everything(0)
 device = get_device()
@@ -54,9 +54,9 @@ x_probe, y_probe = x_train[:256], y_train[:256]  # one batch for the gradient pr
 #
 # We measure it. The network below has 30 linear layers of width 128 on the digits (64 inputs,
 # 10 classes). We run one forward and backward pass on a batch of 256 training images and read the norm of
-# each layer's gradient with `dlbook.inspect.grad_norms`:
+# each layer's gradient with `dlbook.probes.grad_norms`:
 #
-# ```{literalinclude} ../../dlbook/inspect.py
+# ```{literalinclude} ../../dlbook/probes.py
 # :pyobject: grad_norms
 # ```
 
@@ -201,10 +201,10 @@ print(f"xavier_uniform_: max |w| {xavier_bound:.4f} (bound), var ratio ok; "
 # %% [markdown]
 # Now the claim itself: push a batch of standard-normal inputs through 30 random ReLU layers
 # (width 512, zero biases) with weight variance $c \cdot 2/n_\text{in}$, and record the variance
-# of each layer's pre-activations with `dlbook.inspect.activation_stats`, which attaches a
+# of each layer's pre-activations with `dlbook.probes.activation_stats`, which attaches a
 # forward hook to every `nn.Linear` for one pass and removes the hooks afterwards:
 #
-# ```{literalinclude} ../../dlbook/inspect.py
+# ```{literalinclude} ../../dlbook/probes.py
 # :pyobject: activation_stats
 # ```
 
@@ -255,7 +255,10 @@ plt.show()
 #
 # Initialization gets the scale right at step 0; training then changes the weights and the
 # scales drift. **Batch normalization** {cite:p}`ioffe2015batch` re-standardizes every feature
-# on every step. For a mini-batch $x \in \mathbb{R}^{B \times d}$ (rows are examples), each
+# on every step. (Its authors motivated it as a cure for "internal covariate shift", the drift
+# of each layer's input distribution; {cite:t}`santurkar2018how` later found that its benefit
+# has little to do with that and comes mainly from a smoother loss landscape, whose gradients
+# are more predictive.) For a mini-batch $x \in \mathbb{R}^{B \times d}$ (rows are examples), each
 # feature $k$ is normalized with the mean and the *biased* variance over the batch, then given
 # a learned scale $\gamma_k$ and shift $\beta_k$ (the **affine** parameters, initialized to 1
 # and 0) so the layer can represent any mean and scale it needs:
@@ -281,29 +284,13 @@ plt.show()
 # stores the *unbiased* estimate $\frac{B}{B-1}\sigma_k^2$ in `running_var`. We write the layer
 # from these equations and compare it with `nn.BatchNorm1d` over several training steps, in
 # train and eval mode.
+#
+# ```{literalinclude} ../../dlbook/norms.py
+# :pyobject: HandBatchNorm
+# ```
 
 # %%
-class HandBatchNorm:
-    """Batch normalization of (B, d) inputs, written from the equations above."""
-
-    def __init__(self, d: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
-        self.gamma = torch.ones(d, requires_grad=True)
-        self.beta = torch.zeros(d, requires_grad=True)
-        self.running_mean, self.running_var = torch.zeros(d), torch.ones(d)
-        self.momentum, self.eps, self.training = momentum, eps, True
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            mu = x.mean(dim=0)
-            var = ((x - mu) ** 2).mean(dim=0)  # biased: used to normalize
-            b, m = x.shape[0], self.momentum
-            with torch.no_grad():
-                self.running_mean = (1 - m) * self.running_mean + m * mu
-                self.running_var = (1 - m) * self.running_var + m * var * b / (b - 1)
-        else:
-            mu, var = self.running_mean, self.running_var
-        return self.gamma * (x - mu) / torch.sqrt(var + self.eps) + self.beta
-
+from dlbook.norms import HandBatchNorm, bn_backward, hand_layer_norm, ln_backward
 
 seed_everything(0)
 d, batch = 16, 32
@@ -349,16 +336,12 @@ print("hand-written batch norm == nn.BatchNorm1d (train, running stats, eval, gr
 # the incoming gradient, minus its mean, minus its projection on $\hat x$. Normalization thus
 # removes the two directions along which the loss could not change anyway (shifting or scaling
 # all $x_i$ together leaves $\hat x$ the same). We check {eq}`eq-bn-backward` against autograd.
+#
+# ```{literalinclude} ../../dlbook/norms.py
+# :pyobject: bn_backward
+# ```
 
 # %%
-def bn_backward(x: torch.Tensor, gamma: torch.Tensor, dy: torch.Tensor, eps: float = 1e-5):
-    """∂ℓ/∂x for batch norm in train mode, by equation (eq-bn-backward); x, dy are (B, d)."""
-    mu, var = x.mean(0), x.var(0, unbiased=False)
-    x_hat = (x - mu) / torch.sqrt(var + eps)
-    g = gamma * dy
-    return (g - g.mean(0) - x_hat * (g * x_hat).mean(0)) / torch.sqrt(var + eps)
-
-
 x = (torch.randn(batch, d, dtype=torch.float64) * 2 + 1).requires_grad_()
 bn64 = nn.BatchNorm1d(d).double()
 with torch.no_grad():
@@ -384,23 +367,16 @@ torch.testing.assert_close(bn_backward(x.detach(), bn64.weight.detach(), dy), x.
 #
 # The backward pass is {eq}`eq-bn-backward` with the roles of the two axes exchanged: the means
 # run over the features of one example instead of over the batch.
+#
+# ```{literalinclude} ../../dlbook/norms.py
+# :pyobject: hand_layer_norm
+# ```
+#
+# ```{literalinclude} ../../dlbook/norms.py
+# :pyobject: ln_backward
+# ```
 
 # %%
-def hand_layer_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-5):
-    """Layer norm over the last dimension of x (..., d)."""
-    mu = x.mean(dim=-1, keepdim=True)
-    var = ((x - mu) ** 2).mean(dim=-1, keepdim=True)
-    return gamma * (x - mu) / torch.sqrt(var + eps) + beta
-
-
-def ln_backward(x: torch.Tensor, gamma: torch.Tensor, dy: torch.Tensor, eps: float = 1e-5):
-    """∂ℓ/∂x for layer norm: equation (eq-bn-backward) with means over the last dimension."""
-    mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
-    x_hat = (x - mu) / torch.sqrt(var + eps)
-    g = gamma * dy
-    return (g - g.mean(-1, keepdim=True) - x_hat * (g * x_hat).mean(-1, keepdim=True)) / torch.sqrt(var + eps)
-
-
 seed_everything(0)
 ln = nn.LayerNorm(d)
 with torch.no_grad():
@@ -524,7 +500,9 @@ plt.show()
 # compare their training loss.
 
 # %%
-def train_loss_curve(model: nn.Module, steps: int, lr: float = 0.05) -> list[float]:
+def train_loss_curve(model: nn.Module, steps: int, lr: float = 0.05,
+                     norms: list[float] | None = None) -> list[float]:
+    """Training losses of `steps` SGD steps; the gradient norms before clipping go to `norms`."""
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(0)
@@ -534,7 +512,9 @@ def train_loss_curve(model: nn.Module, steps: int, lr: float = 0.05) -> list[flo
         loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
         opt.zero_grad()
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if norms is not None:
+            norms.append(norm.item())
         opt.step()
         losses.append(loss.item())
     return losses
@@ -546,10 +526,11 @@ candidates = {
     "ReLU, Kaiming init": lambda: deep_mlp(nn.ReLU, kaiming),
     "ReLU, residual, default init": lambda: Stack(residual=True),
 }
-curves = {}
+curves, grad_norms = {}, {}
 for name, make in candidates.items():
     seed_everything(0)
-    curves[name] = train_loss_curve(make(), steps)
+    grad_norms[name] = []
+    curves[name] = train_loss_curve(make(), steps, norms=grad_norms[name])
 
 
 def smooth(values: list[float], k: int = 20) -> list[float]:
@@ -574,6 +555,12 @@ glue("s2_6_final_kaiming", final["ReLU, Kaiming init"], ".2f")
 glue("s2_6_final_residual", final["ReLU, residual, default init"], ".2f")
 glue("s2_6_log10", math.log(10), ".2f")
 glue("s2_6_steps", steps)
+short = {"sigmoid, default init": "sigmoid", "ReLU, Kaiming init": "kaiming",
+         "ReLU, residual, default init": "residual"}
+for name, key in short.items():
+    norms_t = torch.tensor(grad_norms[name])
+    glue(f"s2_6_median_norm_{key}", norms_t.median().item(), ".2g")
+    glue(f"s2_6_clipped_{key}", (norms_t > 1.0).float().mean().item(), ".0%")
 if checks_enabled():
     assert final["sigmoid, default init"] > 2.0  # stuck near log(10): chance level
     for name in ("ReLU, Kaiming init", "ReLU, residual, default init"):
@@ -585,8 +572,14 @@ if checks_enabled():
 # gradient. With Kaiming initialization, or with residual connections, the same depth trains
 # (final losses {glue}`s2_6_final_kaiming` and {glue}`s2_6_final_residual` after
 # {glue}`s2_6_steps` steps). We clipped the gradient norm to 1 in every run (`clip_grad_norm_`, a
-# guard against the exploding case {cite:p}`pascanu2013difficulty`), so the differences come
-# from the direction of the gradients that reach each layer, not from step sizes.
+# guard against the exploding case {cite:p}`pascanu2013difficulty`). Clipping only acts when the
+# global norm exceeds 1, and then shrinks every layer's gradient by the same factor: it can
+# tame a large step but cannot lift a vanishing gradient or change how the gradient is shared
+# between layers. The median gradient norms before clipping were
+# {glue}`s2_6_median_norm_sigmoid` (sigmoid), {glue}`s2_6_median_norm_kaiming` (Kaiming) and
+# {glue}`s2_6_median_norm_residual` (residual), and clipping acted in
+# {glue}`s2_6_clipped_sigmoid`, {glue}`s2_6_clipped_kaiming` and {glue}`s2_6_clipped_residual`
+# of the steps.
 #
 # ## Summary
 #
@@ -602,7 +595,7 @@ if checks_enabled():
 #   Layer normalization standardizes each example over its features and has no train/eval
 #   difference. Both were written here from their equations and equal PyTorch's modules.
 # * Residual connections add an identity path through which the gradient reaches every layer.
-# * `dlbook.inspect.grad_norms` and `activation_stats` measure all of this in any model.
+# * `dlbook.probes.grad_norms` and `activation_stats` measure all of this in any model.
 #
 # ## Exercises
 #

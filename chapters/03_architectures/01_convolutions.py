@@ -17,7 +17,6 @@
 # and derives the sizes and receptive fields that later sections rely on.
 
 # %%
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -28,7 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from dlbook import checks_enabled, pick, seed_everything
+from dlbook.bench import seconds_per_call
 from dlbook.book import glue
+from dlbook.nn.cnn import out_size as library_out_size  # LeNet's sizes use it
 
 seed_everything(0)
 torch.set_default_dtype(torch.float64)  # exact comparisons; the layers work the same in float32
@@ -137,6 +138,7 @@ def out_size(n: int, k: int, p: int = 0, s: int = 1, d: int = 1) -> int:
     return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+assert out_size(28, 5, p=2) == library_out_size(28, 5, p=2) == 28  # the library's, same rule
 n_checked = 0
 for n in (5, 8, 13, 28):
     for k in (1, 2, 3, 5):
@@ -148,6 +150,7 @@ for n in (5, 8, 13, 28):
                     y = F.conv2d(torch.zeros(1, 1, n, n + 3), torch.zeros(1, 1, k, k),
                                  stride=s, padding=p, dilation=d)
                     assert y.shape[-2:] == (out_size(n, k, p, s, d), out_size(n + 3, k, p, s, d))
+                    assert out_size(n, k, p, s, d) == library_out_size(n, k, p, s, d)
                     n_checked += 1
 glue("s3_1_n_size_checks", n_checked)
 print(f"output-size formula matches F.conv2d for {n_checked} settings")
@@ -289,22 +292,19 @@ assert torch.allclose(ours.weight.grad, theirs.weight.grad, atol=1e-4)
 assert torch.allclose(ours.bias.grad, theirs.bias.grad, atol=1e-4)
 
 
-def best_time(fn, repeats=25):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 xs, ws, bs = torch.randn(1, 3, 16, 16), torch.randn(8, 3, 3, 3), torch.randn(8)
 threads = torch.get_num_threads()
 torch.set_num_threads(1)  # time the algorithms, not the scheduling of threads on tiny inputs
 with torch.no_grad():
-    t_loops = best_time(lambda: conv2d_loops(xs, ws, bs, padding=1), repeats=1)
-    t_unfold = best_time(lambda: conv2d_unfold(xs, ws, bs, padding=1))
-    t_torch = best_time(lambda: F.conv2d(xs, ws, bs, padding=1))
+    t_loops = seconds_per_call(
+        lambda: conv2d_loops(xs, ws, bs, padding=1), repeats=1, warmup=0, stat="min"
+    )
+    t_unfold = seconds_per_call(
+        lambda: conv2d_unfold(xs, ws, bs, padding=1), repeats=25, warmup=0, stat="min"
+    )
+    t_torch = seconds_per_call(
+        lambda: F.conv2d(xs, ws, bs, padding=1), repeats=25, warmup=0, stat="min"
+    )
 torch.set_num_threads(threads)
 glue("s3_1_t_loops", 1e3 * t_loops, ".0f")
 glue("s3_1_t_unfold", 1e6 * t_unfold, ".0f")

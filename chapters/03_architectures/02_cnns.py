@@ -12,6 +12,7 @@
 # which digits does the network confuse?
 
 # %%
+import math
 import shutil
 import tempfile
 import time
@@ -20,11 +21,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch.nn import functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from dlbook import checks_enabled, get_device, pick, seed_everything
 from dlbook.book import glue
 from dlbook.checkpoint import load_model, save_model
+from dlbook.data.augment import RandomShift
 from dlbook.data.mnist import load_mnist_subset
 from dlbook.nn.cnn import LeNet, LeNetConfig, ResidualBlock, ResNet, ResNetConfig
 from dlbook.plot import plot_curves
@@ -124,6 +126,43 @@ lenet = LeNet(LeNetConfig())
 err = check_parity(lenet, lenet_by_hand, x_train[:8])
 print(f"LeNet by hand vs library: max output difference {err:.1e}; gradients agree")
 print({name: tuple(t.shape) for name, t in lenet.named_parameters()})
+
+# %% mystnb={"figure": {"caption": "LeNet as built here: two convolution and pooling stages, then three dense layers. The shapes (channels × height × width) are read off the library's model.", "name": "fig-lenet"}, "image": {"alt": "Block diagram of LeNet, left to right then back: a 1×28×28 image, a 5×5 convolution with padding 2 and ReLU giving 6×28×28, 2×2 max-pooling to 6×14×14, a 5×5 convolution with ReLU to 16×10×10, max-pooling to 16×5×5, flattening to 400 numbers, dense layers of 120 and 84 units with ReLU, and a dense layer giving 10 logits."}}
+from dlbook.plot import diagram  # schematic drawings (boxes and arrows)
+
+
+def dims(t: torch.Tensor) -> str:
+    """'C×H×W' of one example's activation (B, C, H, W), or the width of (B, N)."""
+    return "×".join(str(n) for n in t.shape[1:])
+
+
+with torch.no_grad():  # every shape in the figure comes from running the library's LeNet
+    stage = [torch.zeros(1, 1, 28, 28)]
+    stage.append(F.relu(lenet.conv1(stage[-1])))
+    stage.append(F.max_pool2d(stage[-1], 2))
+    stage.append(F.relu(lenet.conv2(stage[-1])))
+    stage.append(F.max_pool2d(stage[-1], 2))
+    assert torch.equal(stage[-1], lenet.features(stage[0]))
+    units = [fc.out_features for fc in lenet.fcs]
+dx = 2.3
+diagram(
+    {
+        "in": (0, 1.2, f"image\n{dims(stage[0])}", "io"),
+        "c1": (dx, 1.2, f"conv 5×5, pad 2\n+ ReLU\n{dims(stage[1])}", "conv"),
+        "p1": (2 * dx, 1.2, f"max-pool 2×2\n{dims(stage[2])}", "pool"),
+        "c2": (3 * dx, 1.2, f"conv 5×5\n+ ReLU\n{dims(stage[3])}", "conv"),
+        "p2": (4 * dx, 1.2, f"max-pool 2×2\n{dims(stage[4])}", "pool"),
+        "fl": (4 * dx, 0, f"flatten\n{stage[4][0].numel()}", "io"),
+        "f1": (3 * dx, 0, f"linear + ReLU\n{units[0]}", "linear"),
+        "f2": (2 * dx, 0, f"linear + ReLU\n{units[1]}", "linear"),
+        "f3": (dx, 0, f"linear\n{units[2]}", "linear"),
+        "out": (0, 0, f"logits\n{units[2]}", "io"),
+    },
+    [("in", "c1"), ("c1", "p1"), ("p1", "c2"), ("c2", "p2"), ("p2", "fl"), ("fl", "f1"),
+     ("f1", "f2"), ("f2", "f3"), ("f3", "out")],
+    size=(9, 2.6), box=(1.95, 0.8), fontsize=9.5,
+)
+plt.show()
 
 # %% [markdown]
 # The library's model is the same computation, organised as a module with a typed config;
@@ -227,6 +266,25 @@ for c_in, c_out, stride in ((8, 8, 1), (8, 16, 2)):
     assert y.shape == (6, c_out, 12 // stride, 12 // stride)
 print("residual block by hand == library ResidualBlock (train and eval mode, outputs and gradients)")
 
+# %% mystnb={"figure": {"caption": "A residual block, as in the equation above: the main branch (two 3×3 convolutions with batch norm) is added to the shortcut, then passed through a ReLU. The shortcut is the identity, or a strided 1×1 convolution with batch norm when the block changes shape.", "name": "fig-resblock"}, "image": {"alt": "Diagram of a residual block, top to bottom: input x with C_in channels; a 3×3 convolution with stride s; batch norm and ReLU; a 3×3 convolution; batch norm; then a plus node that also receives the shortcut branch, drawn to the right, which is either the identity or a 1×1 convolution with stride s followed by batch norm; then a ReLU giving the output y with C_out channels at 1/s of the input resolution."}}
+diagram(
+    {
+        "x": (0, 6, "x:  C_in × S × S", "io"),
+        "c1": (0, 5, "conv 3×3, stride s", "conv"),
+        "b1": (0, 4, "batch norm + ReLU", "norm"),
+        "c2": (0, 3, "conv 3×3", "conv"),
+        "b2": (0, 2, "batch norm", "norm"),
+        "+": (0, 1, "+", "op"),
+        "r": (0, 0.1, "ReLU", "act"),
+        "y": (0, -0.8, "y:  C_out × S/s × S/s", "io"),
+        "sc": (3.6, 3.5, "shortcut S: identity, or\n1×1 conv, stride s + batch norm", "conv", 3.5),
+    },
+    [("x", "c1"), ("c1", "b1"), ("b1", "c2"), ("c2", "b2"), ("b2", "+"), ("+", "r"), ("r", "y"),
+     ("x", "sc", "angle,angleA=0,angleB=90,rad=0"), ("sc", "+", "angle,angleA=-90,angleB=0,rad=0")],
+    size=(6.4, 5.6), box=(2.7, 0.55), fontsize=9.5,
+)
+plt.show()
+
 # %% [markdown]
 # Outputs, input gradients, parameter gradients and the running statistics all agree, in
 # both modes, for a block with an identity shortcut and for one with a projection.
@@ -266,38 +324,39 @@ print(resnet_config, n_params)
 # ## Training
 #
 # Both networks are trained the same way: AdamW {cite:p}`loshchilov2019decoupled` with a
-# one-cycle learning-rate schedule (PyTorch's `OneCycleLR`: over the first 30% of the steps the
-# rate rises along a half cosine to its peak, then a cosine decay takes it to nearly zero),
-# mini-batches of 64, cross-entropy loss. With only 3,500 training images the
+# one-cycle schedule {cite:p}`smith2019super` (PyTorch's `OneCycleLR` with its defaults: over the
+# first 30% of the steps the learning rate rises along a half cosine from 1/25 of its peak to
+# the peak, then a cosine decay takes it to 1/10,000 of where it started; and, since
+# `cycle_momentum` is on, Adam's $\beta_1$ moves the opposite way, from 0.95 down to 0.85 at
+# the peak and back to 0.95, which the code checks), mini-batches of 64, cross-entropy loss. With only 3,500 training images the
 # networks can memorise the training set, so we also use **data augmentation**: every time an
 # image is drawn it is shifted by up to two pixels in each direction. A shifted digit is
 # still the same digit, so the network sees many plausible variants of every training image.
 
 # %%
-class RandomShift(Dataset):
-    """Images (n, C, H, W) shifted by up to `max_shift` pixels (zero fill) each time they are drawn."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, max_shift: int = 2):
-        self.images, self.labels, self.m = images, labels, max_shift
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        m = self.m
-        dy, dx = torch.randint(-m, m + 1, (2,)).tolist()
-        padded = F.pad(self.images[i], (m, m, m, m))
-        return padded[:, m + dy : m + dy + 28, m + dx : m + dx + 28], self.labels[i]
-
-
 n_train = pick(smoke=256, book=len(x_train))  # the smoke test trains on a few images only
 train_plain = TensorDataset(x_train[:n_train], y_train[:n_train])
-train_aug = RandomShift(x_train[:n_train], y_train[:n_train])
-assert torch.equal(RandomShift(x_train, y_train, max_shift=0)[5][0], x_train[5])
+train_aug = RandomShift(train_plain, max_shift=2)  # dlbook.data.augment, as in section 2.5
+assert torch.equal(RandomShift(train_plain, max_shift=0)[5][0], x_train[5])
 shifted, _ = train_aug[5]
 assert shifted.shape == (1, 28, 28) and abs(shifted.sum() - x_train[5].sum()) < 1e-3  # ink kept
 
 epochs = pick(smoke=1, book=10)
+
+# what OneCycleLR does to the learning rate and to Adam's beta1, step by step
+probe = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=3e-3)
+probe_schedule = torch.optim.lr_scheduler.OneCycleLR(probe, max_lr=3e-3, total_steps=100)
+lr_beta1 = []
+for _ in range(100):
+    lr_beta1.append((probe.param_groups[0]["lr"], probe.param_groups[0]["betas"][0]))
+    probe.step()
+    probe_schedule.step()
+peak = max(range(100), key=lambda t: lr_beta1[t][0])
+assert math.isclose(lr_beta1[0][0], 3e-3 / 25) and math.isclose(lr_beta1[peak][0], 3e-3)
+assert math.isclose(lr_beta1[-1][0], 3e-3 / 25 / 1e4, rel_tol=1e-6)
+assert abs(peak - 0.3 * 100) <= 1
+assert math.isclose(lr_beta1[0][1], 0.95) and math.isclose(lr_beta1[peak][1], 0.85)
+assert math.isclose(lr_beta1[-1][1], 0.95, rel_tol=1e-6)
 
 
 def train(model, seed=0):

@@ -172,8 +172,12 @@ assert grad_ratio > 100
 # 32 keys, the unscaled softmax gives its largest weight {glue}`s3_4_max_unscaled` on average
 # at $d_k = 1024$ (nearly a hard arg-max), the scaled one {glue}`s3_4_max_scaled`, the same as
 # at $d_k = 4$; and for a typical (median) query the gradient that flows back through the
-# scaled softmax is {glue}`s3_4_grad_ratio` times larger than through the unscaled one. The factor $1/\sqrt{d_k}$ keeps the scores at unit scale
-# whatever the head width, so a model can be made wider without retuning anything.
+# scaled softmax is {glue}`s3_4_grad_ratio` times larger than through the unscaled one. The
+# factor $1/\sqrt{d_k}$ keeps the scores at unit scale whatever the head width, so widening the
+# heads does not by itself push the softmax into saturation. It does not make the rest of a
+# model width-independent: learning rates and initialisation scales still change with width,
+# and transferring them across widths takes a parametrisation designed for it
+# {cite:p}`yang2021tensor`.
 #
 # ## Masks
 #
@@ -279,6 +283,26 @@ assert torch.all(w_full[0, 0, :, -2:] == 0)
 # heads of width $C/H$. In code, the $3H$ projection matrices are one linear layer of output
 # width $3C$, and the heads become a batch dimension. We first write it with an explicit loop
 # over the heads, from raw weight matrices.
+
+# %% mystnb={"figure": {"caption": "One head of multi-head attention: three projections of the same input give queries, keys and values; the scaled scores of queries against keys, masked and normalised by a softmax, weight the values. The H heads' outputs are concatenated and multiplied by W_O.", "name": "fig-qkv"}, "image": {"alt": "Data-flow diagram of one attention head. The input X, T by C, feeds three linear projections: Q equals X W_Q, K equals X W_K and V equals X W_V, each T by d. Q and K meet in the scores S equals Q K transpose over the square root of d, a T by T matrix; adding the mask M and taking a softmax gives weights A whose rows sum to 1; A times V gives the head's output, T by d; the outputs of the H heads are concatenated and multiplied by W_O, giving T by C."}}
+from dlbook.plot import diagram  # schematic drawings (boxes and arrows)
+
+diagram(
+    {
+        "x": (0, 6, "$X$:  $T \\times C$", "io"),
+        "q": (-2.6, 4.8, "$Q = XW_Q$\n$T \\times d$", "linear"),
+        "k": (0, 4.8, "$K = XW_K$\n$T \\times d$", "linear"),
+        "v": (2.6, 4.8, "$V = XW_V$\n$T \\times d$", "linear"),
+        "s": (-1.3, 3.6, "$S = QK^\\top / \\sqrt{d}$\n$T \\times T$", "attn"),
+        "a": (-1.3, 2.4, "$A = \\mathrm{softmax}(S + M)$\nmask $M$; rows sum to 1", "attn", 3.0),
+        "o": (0.65, 1.2, "$\\mathrm{head} = AV$\n$T \\times d$", "attn"),
+        "c": (0.65, 0, "concatenate the $H$ heads,\nmultiply by $W_O$:  $T \\times C$", "linear", 3.4),
+    },
+    [("x", "q"), ("x", "k"), ("x", "v"), ("q", "s"), ("k", "s"), ("s", "a"), ("a", "o"),
+     ("v", "o"), ("o", "c")],
+    size=(7, 5.5), box=(2.4, 0.7), fontsize=9.5,
+)
+plt.show()
 
 # %%
 def mha_from_scratch(x, w_qkv, b_qkv, w_o, b_o, n_head, causal=False):

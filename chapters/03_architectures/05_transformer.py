@@ -173,6 +173,29 @@ assert abs(n_swiglu / n_gelu - 1) < 0.05
 # and check it, and the library's block in both placements, against PyTorch's
 # `nn.TransformerEncoderLayer` with the same weights (outputs and gradients).
 
+# %% mystnb={"figure": {"caption": "The pre-norm decoder block of GPT-2 and the library's TransformerBlock(causal=True): each sub-layer reads a normalised copy of the residual stream and adds its result back. An encoder block drops the causal mask; a post-norm block normalises after each addition instead.", "name": "fig-transformer-block"}, "image": {"alt": "Diagram of a pre-norm Transformer block, top to bottom: input x of shape B, T, C; LayerNorm; causal multi-head self-attention; a plus node that adds the input x, brought round on the right; LayerNorm; an MLP of a linear layer from C to 4C, GELU and a linear layer from 4C back to C; a second plus node that adds the stream from the first plus node; the output, of shape B, T, C."}}
+from dlbook.plot import diagram  # schematic drawings (boxes and arrows)
+
+with torch.random.fork_rng():  # leave the random stream of the cells below as it was
+    shown = TransformerBlock(64, 4, causal=True)  # the figure's claims, checked on the library
+assert shown.norm_first and shown.attn.causal and shown.mlp.c_fc.out_features == 4 * 64
+diagram(
+    {
+        "x": (0, 7, "x:  (B, T, C)", "io"),
+        "n1": (0, 6, "LayerNorm", "norm"),
+        "a": (0, 5, "causal multi-head\nself-attention", "attn"),
+        "+1": (0, 4, "+", "op"),
+        "n2": (0, 3, "LayerNorm", "norm"),
+        "m": (0, 2, "MLP: linear C→4C,\nGELU, linear 4C→C", "linear"),
+        "+2": (0, 1, "+", "op"),
+        "y": (0, 0, "output:  (B, T, C)", "io"),
+    },
+    [("x", "n1"), ("n1", "a"), ("a", "+1"), ("+1", "n2"), ("n2", "m"), ("m", "+2"), ("+2", "y"),
+     ("x", "+1", "skip=2.0"), ("+1", "+2", "skip=2.0")],
+    size=(5, 6), box=(2.4, 0.6), fontsize=9.5,
+)
+plt.show()
+
 # %%
 def block_from_scratch(x, blk):
     """Pre-norm block, from the library block's weights. x (B, T, C)."""

@@ -22,6 +22,7 @@
 
 # %%
 import json
+import os
 import tempfile
 import time
 from collections import Counter
@@ -467,6 +468,7 @@ glue("s4_1_hf_kjv_tokens", hf_r["n_tokens"], ",")
 glue("s4_1_hf_batch_s", hf_batch_r["full_s"], ".2f")
 glue("s4_1_speed_chars", len(speed_text), ",")
 glue("s4_1_distinct_pretokens", len(set(pre_split.findall(speed_text))), ",")
+glue("s4_1_cpus", os.cpu_count() or 1)
 if checks_enabled():
     assert shared > 0.9
 if checks_enabled():
@@ -493,7 +495,8 @@ if checks_enabled():
 # pure-Python encoder keeps up thanks to its cache: the Bible has only
 # {glue}`s4_1_distinct_pretokens` distinct pre-tokens, so the merge loop runs that many times
 # and everything else is a regular expression and dictionary look-ups. The timings come from
-# the machine that built this page (two CPU cores, shared) and vary with its load.
+# the machine that built this page ({glue}`s4_1_cpus` CPU cores, possibly shared with other
+# work) and vary with its load.
 #
 # Why does out-of-domain text compress worse? The merges were spent on what the Bible repeats.
 # The Python documentation is full of code, symbols and words like `__init__` or `bytearray`

@@ -186,11 +186,16 @@ print(f"GPT-2 small: {n_tied:,} tied, {n_untied:,} untied")
 #
 # ## Initialisation and the residual stream
 #
-# GPT-2 initialises every linear layer and embedding from $\mathcal{N}(0, 0.02^2)$, biases at
-# zero, norm gains at one {cite:p}`radford2019language`. With one exception: the two
-# projections that *write into* the residual stream in each block (the attention output
-# `attn.c_proj` and the MLP output `mlp.c_proj`) get a standard deviation smaller by
-# $1/\sqrt{2L}$, where $2L$ is the number of residual branches.
+# Our GPT initialises every linear layer and both embeddings from $\mathcal{N}(0, 0.02^2)$,
+# biases at zero, norm gains at one, as nanoGPT does. The 0.02 goes back to GPT-1, whose paper
+# states it {cite:p}`radford2018improving`; GPT-2's released code uses it for the linear layers
+# and the token embedding, but a standard deviation of 0.01 for the position embedding. With
+# one exception: the two projections that *write into* the residual stream in each block (the
+# attention output `attn.c_proj` and the MLP output `mlp.c_proj`) get a standard deviation
+# smaller by $1/\sqrt{2L}$, where $2L$ is the number of residual branches. This follows the
+# GPT-2 paper, which scales "the weights of residual layers at initialization by a factor of
+# $1/\sqrt{N}$ where $N$ is the number of residual layers" {cite:p}`radford2019language`
+# (its released code, written for inference, initialises every linear layer at 0.02).
 #
 # Why? Because the stream is a sum. After $L$ blocks
 # $h^{(L)} = h^{(0)} + \sum_{k=1}^{2L} f_k$, where $f_k$ is the output of the $k$-th branch.
@@ -269,7 +274,7 @@ proj = model.blocks[0].mlp.c_proj.weight
 assert abs(proj.std().item() - 0.02 / math.sqrt(2 * config.n_layer)) < 0.001
 if checks_enabled():
     ratio = depths[-1] / depths[0]
-    assert growth_plain > ratio / 2  # about linear in L
+    assert growth_plain > ratio  # at least linear in L
     assert 0.5 < growth_scaled < 2.0  # about independent of L
 
 # %% [markdown]
@@ -363,9 +368,10 @@ assert torch.equal(out[:, : config.block_size + 1], too_long)
 #   position in one pass. Every block keeps the shape $(B, T, C)$; only the head maps to $V$.
 # * Weight tying uses the token table $E$ as the output matrix: it saves $VC$ parameters,
 #   {glue}`s4_2_gpt2_saving` of an untied GPT-2 small. The parameter count of the library's model equals Part 3's formula.
-# * GPT-2's initialisation draws weights from $\mathcal{N}(0, 0.02^2)$ and shrinks the residual
-#   projections by $1/\sqrt{2L}$; without that the variance the blocks add to the stream grows
-#   linearly with depth, with it the variance is independent of depth.
+# * The GPT-2-style initialisation draws weights from $\mathcal{N}(0, 0.02^2)$ (GPT-1's value)
+#   and shrinks the residual projections by $1/\sqrt{2L}$ (the GPT-2 paper's rule); without
+#   that the variance the blocks add to the stream grows at least linearly with depth, with it
+#   the variance hardly depends on depth.
 # * An untrained GPT should have a loss of about $\ln V$; a much larger one signals logits that
 #   are too large.
 # * The model rejects sequences longer than its context and ids outside the vocabulary with a

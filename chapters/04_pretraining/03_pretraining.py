@@ -20,14 +20,13 @@
 # 4. checkpoints that resume *bit-exactly*, demonstrated by interrupting a run;
 # 5. the trained model: its loss curves and samples before and after training.
 #
-# The library function that does all this, `dlbook.pretrained.pretrain`, is the one that
-# trains and caches the model that later parts of the book load with
-# `dlbook.pretrained.pretrained_kjv_gpt()`. This section calls it and then takes it apart.
+# The library function that does all this, `dlbook.pretrain.pretrain`, is the one that
+# trains the model that later parts of the book load, from a cache, with
+# `dlbook.artifacts.pretrained_kjv_gpt()`. This section calls it and then takes it apart.
 
 # %%
 import dataclasses
 import math
-import re
 import tempfile
 from pathlib import Path
 
@@ -36,19 +35,17 @@ import numpy as np
 import torch
 
 from dlbook import checks_enabled, pick, seed_everything
+from dlbook.artifacts import kjv_config, kjv_tokens, pretrained_kjv_run
+from dlbook.bench import flops_per_token, matmul_params
 from dlbook.book import error_message, glue
 from dlbook.checkpoint import CheckpointError, load_checkpoint
 from dlbook.data.lm import read_tokens, sample_windows, split_tokens, write_tokens
 from dlbook.data.text import CharTokenizer, load_kjv, random_windows
+from dlbook.decoding import entropy, real_word_fraction, words
 from dlbook.nn.gpt import GPT
-from dlbook.pretrained import (
-    estimate_loss,
-    kjv_config,
-    kjv_tokens,
-    pretrain,
-    pretrained_kjv_run,
-)
+from dlbook.pretrain import estimate_loss, pretrain
 from dlbook.schedules import warmup_cosine
+from dlbook.tokenizers import ByteBPETokenizer
 
 _ = seed_everything(0)
 config = kjv_config()  # the book's run for the active profile
@@ -58,22 +55,17 @@ V = tokenizer.vocab_size
 tokens_seen = config.max_steps * config.batch_size * config.block_size
 glue("s4_3_tokens_seen", tokens_seen, ",")
 glue("s4_3_vocab", V)
-glue("s4_3_per_char", tokens_seen / V, ",.0f")
 
 # %% [markdown]
 # ## Choosing the tokenizer
 #
-# Section {doc}`01_tokenization` built a byte-level BPE tokenizer. For a model trained for a
-# few minutes on a CPU we use the **character** tokenizer instead, and the reason is budget.
-# In our run the model sees {glue}`s4_3_tokens_seen` tokens. With {glue}`s4_3_vocab` characters, each row of
-# the embedding table (and of the tied output layer) is trained on average by
-# {glue}`s4_3_per_char` occurrences, the softmax over the vocabulary is cheap, and the model's first job,
-# learning which characters follow which, is easy. A BPE vocabulary of a thousand or more
-# tokens packs more text into each window, but spreads the same budget over many more rows,
-# most of them rare, and a small model has to learn the meaning of every one before the shorter
-# sequences pay off. BPE wins when the budget is large, which is why every production model
-# uses it; at our budget, characters train best. A second benefit: losses are *per character*,
-# directly comparable to the simple baselines below.
+# Section {doc}`01_tokenization` built a byte-level BPE tokenizer. The book's run uses the
+# **character** tokenizer instead, with its {glue}`s4_3_vocab` symbols, and the reason is not
+# quality but clarity: every loss is *per character* and directly comparable to the simple
+# baselines below, a sample can be read (and decoded, in section {doc}`04_decoding`) one
+# character at a time, and the token file is the text itself. What this choice costs is a
+# measurement, made near the end of this section ("Characters or BPE?"): trained with the same
+# compute, a GPT on BPE tokens predicts held-out text better, per byte, than one on characters.
 #
 # ## The data pipeline
 #
@@ -182,7 +174,7 @@ glue("s4_3_bigram_ppl", math.exp(bigram_loss), ".1f")
 # store features, and, as for GPT-3 {cite:p}`brown2020language`, we use $\beta_2 = 0.95$, which
 # adapts faster than the default 0.999 to the quickly changing gradient scales of early training.
 #
-# ```{literalinclude} ../../dlbook/pretrained.py
+# ```{literalinclude} ../../dlbook/pretrain.py
 # :pyobject: make_optimizer
 # ```
 #
@@ -215,7 +207,7 @@ plt.show()
 # generator is seeded with `(seed, step)`). Every `eval_interval` steps the loss is estimated on
 # the same fixed windows of both splits, and a checkpoint is written.
 #
-# ```{literalinclude} ../../dlbook/pretrained.py
+# ```{literalinclude} ../../dlbook/pretrain.py
 # :pyobject: pretrain
 # ```
 #
@@ -356,10 +348,9 @@ for name, net in (("untrained", untrained), ("trained", model)):
     print(f"--- {name} ---\n{samples[name]}\n")
 assert samples["trained"].startswith(prompt) and len(samples["trained"]) == len(prompt) + n_new
 # how many of the sampled words are real words of the King James Bible?
-kjv_words = set(re.findall(r"[A-Za-z]+", text))
+kjv_words = set(words(text))
 real = {
-    name: np.mean([w in kjv_words for w in re.findall(r"[A-Za-z]+", sample[len(prompt):])])
-    for name, sample in samples.items()
+    name: real_word_fraction(sample[len(prompt):], kjv_words) for name, sample in samples.items()
 }
 print({k: round(float(v), 2) for k, v in real.items()})
 glue("s4_3_real_untrained", real["untrained"], ".0%")
@@ -373,6 +364,92 @@ if checks_enabled():
 # such as "a" or "I" by chance). Of the trained model's words {glue}`s4_3_real_trained` are real,
 # and they come with the capitals, punctuation and cadence of the King James Version. It has no
 # sense yet of meaning across sentences: that needs far more parameters and data.
+#
+# ## Characters or BPE?
+#
+# Is the character tokenizer holding the model back? A fair test trains the same GPT body (same
+# layers and width, so the same non-embedding parameters) on both kinds of tokens, with the
+# same batch of $B \times T$ tokens per step, and gives both the same training compute in
+# FLOPs (the estimate of section {doc}`05_efficiency`, which counts the output layer: a BPE
+# model's larger vocabulary costs more per token, so the character model gets more steps). The
+# BPE tokenizer is the library's `ByteBPETokenizer` of section {doc}`01_tokenization`, trained on
+# the start of the training split. Losses per token are not comparable across tokenizers
+# (exercise 3 below), so both are converted to **bits per byte** of held-out text: the loss per
+# token times the number of tokens the validation text encodes to, divided by its number of
+# bytes and by $\ln 2$. The Bible is ASCII, so for characters bytes and tokens coincide.
+
+# %%
+cmp_vocab = pick(smoke=320, book=2048, full=2048)  # section 4.1's vocabulary size
+text_all = load_kjv()[: config.corpus_chars]
+assert text_all.isascii()  # one byte per character
+n_train_chars = len(train_data)  # the same split by position as the character stream
+bpe = ByteBPETokenizer.train(text_all[: min(n_train_chars, pick(smoke=50_000, book=1_000_000))],
+                             cmp_vocab, special_tokens=())
+bpe_train = np.asarray(bpe.encode(text_all[:n_train_chars]), dtype=np.int64)
+bpe_val = np.asarray(bpe.encode(text_all[n_train_chars:]), dtype=np.int64)
+val_bytes = len(text_all) - n_train_chars
+cmp_base = dataclasses.replace(
+    config, n_layer=2, n_head=4, n_embd=pick(smoke=16, book=64), block_size=64, batch_size=16,
+    lr=3e-3, eval_batches=pick(smoke=2, book=4), dropout=0.0,
+)
+bpe_steps = pick(smoke=6, book=300)
+flops = {name: flops_per_token(cmp_base.gpt_config(v), matmul_params(GPT(cmp_base.gpt_config(v))))
+         for name, v in (("characters", V), ("BPE", bpe.vocab_size))}
+steps_for = {"BPE": bpe_steps, "characters": round(bpe_steps * flops["BPE"] / flops["characters"])}
+streams = {"characters": (train_data, val_data, V, len(val_data)),
+           "BPE": (bpe_train, bpe_val, bpe.vocab_size, len(bpe_val))}
+curves = {}
+for name, (tr_stream, va_stream, vocab, n_val_tokens) in streams.items():
+    n_steps = steps_for[name]
+    cfg = dataclasses.replace(cmp_base, max_steps=n_steps, warmup_steps=max(1, n_steps // 20),
+                              eval_interval=max(1, n_steps // 6))
+    hist = pretrain(cfg, tr_stream, va_stream, vocab, device="cpu").history
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    curves[name] = (
+        [r["step"] * tokens_per_step * flops[name] for r in hist],  # training FLOPs so far
+        [r["val_loss"] * n_val_tokens / val_bytes / math.log(2) for r in hist],  # bits per byte
+    )
+    print(f"{name:10} vocab {vocab:5}, {n_steps} steps, {flops[name] / 1e6:.2f} MFLOP/token: "
+          f"{curves[name][1][-1]:.3f} bits/byte")
+fig, ax = plt.subplots(figsize=(6, 3.2))
+for name, (c, bpb) in curves.items():
+    ax.plot(c, bpb, "o-", ms=3, label=name)
+ax.set(xlabel="training compute (FLOPs)", ylabel="validation bits per byte")
+ax.legend()
+fig.tight_layout()
+plt.show()
+bpb_char, bpb_bpe = curves["characters"][1][-1], curves["BPE"][1][-1]
+glue("s4_3_cmp_vocab", bpe.vocab_size, ",")
+glue("s4_3_cmp_bytes_per_token", val_bytes / len(bpe_val), ".2f")
+glue("s4_3_cmp_steps_bpe", steps_for["BPE"], ",")
+glue("s4_3_cmp_steps_char", steps_for["characters"], ",")
+glue("s4_3_cmp_bpb_char", bpb_char, ".2f")
+glue("s4_3_cmp_bpb_bpe", bpb_bpe, ".2f")
+glue("s4_3_cmp_flops", curves["BPE"][0][-1], ".1e")
+book_run_flops = flops_per_token(config.gpt_config(V), matmul_params(GPT(config.gpt_config(V))))
+glue("s4_3_cmp_budget_ratio", book_run_flops * tokens_seen / curves["BPE"][0][-1], ",.0f")
+# the same FLOPs, up to rounding the character run's steps to a whole number
+assert math.isclose(curves["BPE"][0][-1], curves["characters"][0][-1],
+                    rel_tol=1 / steps_for["characters"])
+if checks_enabled():
+    assert bpb_bpe < bpb_char - 0.3  # BPE wins clearly at equal compute
+
+# %% [markdown]
+# With the same body, the same tokens per step and the same {glue}`s4_3_cmp_flops` training
+# FLOPs ({glue}`s4_3_cmp_steps_bpe` steps with BPE, {glue}`s4_3_cmp_steps_char` with
+# characters), the BPE model ends at {glue}`s4_3_cmp_bpb_bpe` bits per byte of held-out text
+# and the character model at {glue}`s4_3_cmp_bpb_char`. Each BPE token of the
+# {glue}`s4_3_cmp_vocab`-token vocabulary carries {glue}`s4_3_cmp_bytes_per_token` bytes of
+# held-out text on average, so a window of the same length holds that many times more context
+# and each step trains on that many times more text; spelling out common words is no longer
+# the model's job. Even at this budget, {glue}`s4_3_cmp_budget_ratio` times smaller than the
+# book's run, subword tokens win (asserted). Most large language models use them: GPT-2 and
+# its successors a byte-level BPE {cite:p}`radford2019language`. Not all do: T5
+# {cite:p}`raffel2020exploring` uses a SentencePiece unigram model {cite:p}`kudo2018subword`,
+# and ByT5 {cite:p}`xue2022byt5` reads raw bytes and pays with longer sequences. The book stays
+# with characters for the clarity listed at the top; its main run, with a larger model and
+# budget, reaches {glue}`s4_3_val_bits` bits per character, which for this ASCII text is also
+# bits per byte.
 #
 # ## Bad input
 #
@@ -413,7 +490,7 @@ with tempfile.TemporaryDirectory() as tmp:
 #   baselines.
 # * A checkpoint with weights, optimizer, scheduler, step and random state, plus batches that
 #   depend only on the step, makes a resumed run bit-identical to an uninterrupted one.
-# * `dlbook.pretrained.pretrained_kjv_gpt()` returns this model, trained once and cached under
+# * `dlbook.artifacts.pretrained_kjv_gpt()` returns this model, trained once and cached under
 #   a hash of its configuration, for the rest of the book.
 #
 # ## Exercises
@@ -480,8 +557,7 @@ with torch.no_grad():
     logits, _ = model(xs[:8])
 entropies = []
 for tau in (0.5, 1.0, 1.5):
-    p = torch.softmax(logits / tau, dim=-1)
-    entropies.append(-(p * p.clamp_min(1e-12).log()).sum(-1).mean().item())
+    entropies.append(entropy(logits, tau).mean().item())
 print("entropy at tau 0.5, 1.0, 1.5:", [round(e, 3) for e in entropies])
 assert entropies[0] < entropies[1] < entropies[2]
 for tau in (0.0, 1.5):

@@ -23,18 +23,26 @@
 # %%
 import math
 import re
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 from dlbook import checks_enabled, pick, seed_everything
+from dlbook.artifacts import pretrained_kjv_run
+from dlbook.bench import seconds_per_call
 from dlbook.book import error_message, glue
 from dlbook.data.text import load_kjv
-from dlbook.decoding import filter_top_k, filter_top_p, generate, sample_next
+from dlbook.decoding import (
+    entropy,
+    filter_top_k,
+    filter_top_p,
+    generate,
+    real_word_fraction,
+    sample_next,
+    words,
+)
 from dlbook.nn import GPT, GPTConfig
-from dlbook.pretrained import pretrained_kjv_run
 
 _ = seed_everything(0)
 run = pretrained_kjv_run()  # trained in section 4.3 (on first use), then loaded from the cache
@@ -90,12 +98,7 @@ ax.legend()
 grid = np.geomspace(0.05, 20, 60)
 
 
-def entropy(p: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of the distributions ``p (..., V)``."""
-    return -(p * p.clamp_min(1e-30).log()).sum(-1)
-
-
-H = np.array([entropy(torch.softmax(logits.double() / t, -1)).item() for t in grid])
+H = np.array([entropy(logits.double(), t).item() for t in grid])  # nats, dlbook.decoding
 ax2.semilogx(grid, H)
 ax2.axhline(math.log(V), color="grey", ls="--", label="ln V (uniform)")
 ax2.set(xlabel="temperature τ", ylabel="entropy (nats)")
@@ -107,9 +110,14 @@ assert H[0] < 0.5 and H[-1] > 0.9 * math.log(V)
 p1 = torch.softmax(logits, -1)
 glue("s4_4_top_char", tokenizer.decode([int(p1.argmax())]))
 glue("s4_4_top_prob", p1.max().item(), ".0%")
+mo_greedy = tokenizer.decode(generate(model, encode(prompt), 3, temperature=0)[0, -3:])
+print(f"greedy continuation of {prompt!r}: {mo_greedy!r}")
+if checks_enabled():
+    assert mo_greedy == "ses" and p1.max().item() > 0.5  # confidently "Moses"
 
 # %% [markdown]
-# The model is confident that "Mo" continues as "Moses": it gives "{glue}`s4_4_top_char`" a
+# The model is confident that "Mo" continues as "Moses" (its three most probable next
+# characters, one after the other, are "ses"): it gives "{glue}`s4_4_top_char`" a
 # probability of {glue}`s4_4_top_prob`. Dividing the logits by $\tau = 0.5$ makes it surer still;
 # $\tau = 2$ spreads the mass over letters that would misspell the name.
 #
@@ -144,7 +152,7 @@ glue("s4_4_greedy_repeat", repeated_fraction(greedy_text), ".0%")
 # %% [markdown]
 # The text is fluent at first and then circles: {glue}`s4_4_greedy_repeat` of its 12-character
 # windows already appeared earlier in the same sample. Human text repeats itself far less
-# (we measure this below).
+# (we measure and assert this below).
 #
 # ## Sampling, top-k and top-p
 #
@@ -215,7 +223,7 @@ if checks_enabled():
 
 # %%
 text = load_kjv()
-kjv_words = set(re.findall(r"[A-Za-z]+", text))
+kjv_words = set(words(text))
 prompts = ["And it came to pass", "Blessed are the", "In the beginning", "And the king said"]
 prompts = prompts[: pick(smoke=2, book=4)]
 n_new = pick(smoke=30, book=400)
@@ -241,11 +249,6 @@ def nll_per_char(ids: torch.Tensor, start: int) -> float:
     return float(np.mean(losses))
 
 
-def real_word_fraction(sample: str) -> float:
-    words = re.findall(r"[A-Za-z]+", sample)
-    return float(np.mean([w in kjv_words for w in words])) if words else 0.0
-
-
 results = {}
 for name, settings in strategies.items():
     rep, real, nll = [], [], []
@@ -254,7 +257,7 @@ for name, settings in strategies.items():
         out = generate(model, ids, n_new, generator=torch.Generator().manual_seed(i), **settings)
         sample = tokenizer.decode(out[0, ids.shape[1] :])
         rep.append(repeated_fraction(sample))
-        real.append(real_word_fraction(sample))
+        real.append(real_word_fraction(sample, kjv_words))
         nll.append(nll_per_char(out, ids.shape[1]))
     results[name] = (np.mean(rep), np.mean(real), np.mean(nll))
 # the same measures on real text: validation verses of the same length as the samples
@@ -262,7 +265,7 @@ val_text = text[int(len(text) * (1 - run.config.val_fraction)) :]
 real_pieces = [val_text[i * 5000 : i * 5000 + n_new] for i in range(len(prompts))]
 results["real text"] = (
     np.mean([repeated_fraction(s) for s in real_pieces]),
-    np.mean([real_word_fraction(s) for s in real_pieces]),
+    np.mean([real_word_fraction(s, kjv_words) for s in real_pieces]),
     np.mean([nll_per_char(encode(s), 1) for s in real_pieces]),
 )
 print(f"{'':14s}{'repetition':>12s}{'real words':>12s}{'nats/char':>11s}")
@@ -278,6 +281,13 @@ if checks_enabled():
     assert results["τ = 1.5"][1] < results["τ = 0.7"][1]  # a hot tail misspells
     assert results["top-p = 0.9"][1] > results["τ = 1.5"][1]
     assert results["greedy"][2] < results["τ = 1"][2] < results["τ = 1.5"][2]
+    assert results["real text"][0] < results["greedy"][0] / 2  # people repeat far less
+    gaps = {k: abs(v[2] - results["real text"][2]) for k, v in results.items() if k != "real text"}
+    assert min(gaps, key=gaps.get) == "τ = 1", gaps  # closest to real text in loss
+    assert results["τ = 1"][1] < results["real text"][1]  # ... but misspells more
+    assert results["τ = 1.5"][1] < results["τ = 1"][1]  # hotter: worse still
+    assert results["top-p = 0.9"][1] > results["τ = 1"][1]  # the cut tail spells better
+    assert results["top-p = 0.9"][0] < results["greedy"][0] / 2  # ... without the loops
 
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for name, (rep, real, _) in results.items():
@@ -442,19 +452,10 @@ lengths_t = [t for t in (16, 32, 64, 128, 256, 512, 1024) if t <= long_T]
 reps = pick(smoke=2, book=7)
 
 
-def median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 uncached_ms, cached_ms = [], []
 with torch.no_grad():
     for t in lengths_t:
-        uncached_ms.append(1e3 * median_time(lambda t=t: wide(ids[:, :t]), reps))
+        uncached_ms.append(1e3 * seconds_per_call(lambda t=t: wide(ids[:, :t]), repeats=reps, warmup=0))
         cache = wide.new_cache()
         wide(ids[:, : t - 1], cache=cache)  # the prompt, cached
 
@@ -463,14 +464,18 @@ with torch.no_grad():
             for layer in cache.layers:  # forget the step again, so each repetition is the same
                 layer.length = t - 1
 
-        cached_ms.append(1e3 * median_time(one_step, reps))
+        cached_ms.append(1e3 * seconds_per_call(one_step, repeats=reps, warmup=0))
 for t, u, c in zip(lengths_t, uncached_ms, cached_ms, strict=True):
     print(f"t = {t:5d}: uncached {u:7.2f} ms   cached {c:6.2f} ms   speed-up {u / c:5.1f}x")
 
 # whole generations of long_T - 1 tokens from a one-token prompt
 n_gen = long_T - 1
-t_cached = median_time(lambda: generate(wide, ids[:, :1], n_gen, temperature=0), 1)
-t_plain = median_time(lambda: generate(wide, ids[:, :1], n_gen, temperature=0, use_cache=False), 1)
+t_cached = seconds_per_call(
+    lambda: generate(wide, ids[:, :1], n_gen, temperature=0), repeats=1, warmup=0
+)
+t_plain = seconds_per_call(
+    lambda: generate(wide, ids[:, :1], n_gen, temperature=0, use_cache=False), repeats=1, warmup=0
+)
 print(f"{n_gen} tokens: {t_plain:.2f} s without the cache, {t_cached:.2f} s with it")
 glue("s4_4_gen_speedup", t_plain / t_cached, ".1f")
 glue("s4_4_gen_tokens", n_gen)

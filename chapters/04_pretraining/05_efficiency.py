@@ -26,16 +26,19 @@ from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from dlbook import checks_enabled, get_device, pick, seed_everything
-from dlbook.book import glue
-from dlbook.nn.gpt import GPT, GPTConfig
-from dlbook.perf import (
+from dlbook.bench import (
     benchmark_gpt,
-    checkpoint_blocks,
     flops_per_token,
     matmul_flops_per_second,
-    saved_activation_bytes,
+    matmul_params,
+    seconds_per_call,
 )
-from dlbook.pretrained import lm_loss  # cross-entropy of GPT's (logits, loss) output
+from dlbook.book import glue
+from dlbook.data.text import random_windows
+from dlbook.memory import checkpoint_blocks, saved_activation_bytes
+from dlbook.nn.attention import scaled_dot_product_attention
+from dlbook.nn.gpt import GPT, GPTConfig
+from dlbook.pretrain import lm_loss  # cross-entropy of GPT's (logits, loss) output
 from dlbook.train import Trainer
 
 device = get_device()
@@ -47,11 +50,8 @@ print(f"{len(data):,} bytes of text; model of {GPT(config).num_params(False):,} 
 
 
 def batch(batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows (B, T) of the text and their next bytes (B, T)."""
-    g = torch.Generator().manual_seed(seed)
-    start = torch.randint(0, len(data) - config.block_size - 1, (batch_size,), generator=g)
-    window = torch.stack([data[s : s + config.block_size + 1] for s in start])
-    return window[:, :-1], window[:, 1:]
+    """Random windows (B, T) of the text and their next bytes (B, T), fixed by `seed`."""
+    return random_windows(data, config.block_size, batch_size, torch.Generator().manual_seed(seed))
 
 # %% [markdown]
 # ## Counting FLOPs
@@ -73,7 +73,7 @@ def batch(batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 # which gives $6N + 6\,L\,T\,C$. We check the forward part against PyTorch's own FLOP counter,
 # running attention with the plain "math" kernel so its products are counted:
 #
-# ```{literalinclude} ../../dlbook/perf.py
+# ```{literalinclude} ../../dlbook/bench.py
 # :pyobject: flops_per_token
 # ```
 
@@ -84,7 +84,7 @@ x, y = batch(4, seed=0)
 with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
     model(x)
 counted = counter.get_total_flops() / x.numel()
-estimate = flops_per_token(config, model.num_params(non_embedding=True), training=False)
+estimate = flops_per_token(config, matmul_params(model), training=False)
 print(f"forward FLOPs per token: counted {counted:,.0f}, estimated {estimate:,.0f}")
 assert abs(estimate - counted) / counted < 0.03
 glue("s4_5_flop_error", abs(estimate - counted) / counted, ".1%")
@@ -129,10 +129,21 @@ small_grad = torch.tensor(1e-8)
 print("a gradient of 1e-8 in float16:", small_grad.half().item(), "in bfloat16:",
       small_grad.bfloat16().item())
 assert small_grad.half().item() == 0.0 and small_grad.bfloat16().item() > 0
+# float16's smallest subnormal is 2^-24; below half of it, 2^-25, a value rounds to zero
+fp16_min = torch.finfo(torch.float16).smallest_normal * torch.finfo(torch.float16).eps
+assert fp16_min == 2.0**-24
+for value, expected in ((2.0**-24, 2.0**-24), (1.01 * 2.0**-25, 2.0**-24),
+                        (2.0**-25, 0.0), (0.99 * 2.0**-25, 0.0)):  # 2^-25 itself ties to even: 0
+    assert torch.tensor(value, dtype=torch.float64).half().item() == expected, value
+glue("s4_5_fp16_min", fp16_min, ".1e")
+glue("s4_5_fp16_zero", fp16_min / 2, ".1e")
 
 # %% [markdown]
-# Gradients of large models are often tiny, and float16 flushes anything below about
-# $6\times10^{-8}$ to zero. **Loss scaling** {cite:p}`micikevicius2018mixed` fixes this:
+# Gradients can be tiny, and float16 cannot hold them: its smallest positive number is the
+# subnormal $2^{-24} \approx$ {glue}`s4_5_fp16_min`, values below half of it
+# ($2^{-25} \approx$ {glue}`s4_5_fp16_zero`) round to zero, and everything below the smallest
+# normal number, about $6 \times 10^{-5}$, keeps fewer than 10 mantissa bits (the code checks
+# the rounding at these edges). **Loss scaling** {cite:p}`micikevicius2018mixed` fixes this:
 # multiply the loss by a large $S$ before `backward()`, so every gradient is $S$ times larger
 # and representable, then divide by $S$ before the optimizer step. `torch.amp.GradScaler`
 # does this and adapts $S$, halving it whenever a gradient overflows to `inf` (that step is
@@ -265,7 +276,7 @@ glue("s4_5_accum_diff", max_diff, ".0e")
 # (roughly a third more compute) for memory. We measure the activation memory exactly, as the
 # bytes of every tensor autograd saves for backward, with a hook:
 #
-# ```{literalinclude} ../../dlbook/perf.py
+# ```{literalinclude} ../../dlbook/memory.py
 # :pyobject: saved_activation_bytes
 # ```
 
@@ -280,11 +291,13 @@ checkpoint_blocks(checkpointed.blocks)
 memory, grads, times = {}, {}, {}
 for name, gpt in (("plain", plain), ("checkpointed", checkpointed)):
     memory[name] = saved_activation_bytes(lambda gpt=gpt: gpt(x, y)[1], exclude=gpt.parameters())
-    start = time.perf_counter()
-    for _ in range(pick(smoke=1, book=5)):
+
+    def step(gpt=gpt) -> None:
         gpt.zero_grad()
         gpt(x, y)[1].backward()
-    times[name] = time.perf_counter() - start
+
+    times[name] = seconds_per_call(step, repeats=pick(smoke=1, book=5), warmup=0, stat="mean",
+                                   device=device)
     grads[name] = torch.cat([p.grad.flatten() for p in gpt.parameters()])
 
 torch.testing.assert_close(grads["plain"], grads["checkpointed"])  # same gradients
@@ -312,11 +325,8 @@ glue("s4_5_ckpt_slowdown", times["checkpointed"] / times["plain"] - 1, ".0%")
 
 # %%
 def manual_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention written out: q, k, v (B, H, T, D) → (B, H, T, D)."""
-    t = q.shape[-2]
-    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
-    mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1) @ v
+    """Causal attention written out (section 3.4's reference): q, k, v (B, H, T, D) → (B, H, T, D)."""
+    return scaled_dot_product_attention(q, k, v, is_causal=True)[0]
 
 
 rows = []
@@ -329,15 +339,22 @@ for t in pick(smoke=[64], book=[128, 256, 512, 1024]):
                      ("fused", lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True))):
         saved = saved_activation_bytes(lambda fn=fn, q=q, k=k, v=v: fn(q, k, v), exclude=(q, k, v))
         row[f"{name} MB"] = saved / 1e6
-        start = time.perf_counter()
-        for _ in range(3):
-            fn(q, k, v).sum().backward()
-        row[f"{name} ms"] = (time.perf_counter() - start) / 3 * 1e3
+        row[f"{name} ms"] = 1e3 * seconds_per_call(
+            lambda fn=fn, q=q, k=k, v=v: fn(q, k, v).sum().backward(), repeats=3, warmup=0,
+            stat="mean", device=device,
+        )
     rows.append(row)
     print({key: round(val, 1) for key, val in row.items()})
 
 longest = rows[-1]
 assert longest["fused MB"] < longest["manual MB"]
+sdpa_kernel = type(fused_out.grad_fn).__name__.removesuffix("Backward0")  # the kernel that ran
+print("fused kernel:", sdpa_kernel)
+glue("s4_5_sdpa_kernel", sdpa_kernel)
+if len(rows) > 1:  # saved memory: the written-out form grows as T^2, the fused one as T
+    grow = longest["T"] / rows[0]["T"]
+    assert longest["manual MB"] / rows[0]["manual MB"] > grow**2 / 2
+    assert longest["fused MB"] / rows[0]["fused MB"] < 1.5 * grow
 glue("s4_5_attn_T", longest["T"])
 glue("s4_5_attn_manual_mb", longest["manual MB"], ".1f")
 glue("s4_5_attn_fused_mb", longest["fused MB"], ".1f")
@@ -359,9 +376,13 @@ plt.show()
 # %% [markdown]
 # At $T =$ {glue}`s4_5_attn_T` the written-out attention saves {glue}`s4_5_attn_manual_mb` MB
 # for backward, growing as $T^2$; the fused kernel saves {glue}`s4_5_attn_fused_mb` MB, growing
-# as $T$, and runs {glue}`s4_5_attn_speedup`× faster here. The library's attention
-# ({doc}`../03_architectures/04_attention`) always calls the fused function, so the GPT gets
-# FlashAttention on a GPU without changes.
+# as $T$ (both growth rates are asserted). The written-out forward and backward took
+# {glue}`s4_5_attn_speedup` times as long as the fused one here (a timing on a shared machine,
+# not asserted). The library's attention ({doc}`../03_architectures/04_attention`) always calls
+# the fused function, and PyTorch picks the kernel per call. Here it ran the kernel
+# {glue}`s4_5_sdpa_kernel`; on a CUDA GPU with float16 or bfloat16 inputs (as under autocast)
+# and no explicit mask it is FlashAttention, with no change to the model, while float32 inputs
+# or a mask make it fall back to its memory-efficient kernel or the written-out math.
 #
 # ## `torch.compile`
 #
@@ -380,15 +401,11 @@ x, y = (t.to(device) for t in batch(pick(smoke=2, book=16), seed=2))
 
 
 def step_time(model: torch.nn.Module, repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        model(x, y)[1].backward()
-    return (time.perf_counter() - start) / repeats
+    return seconds_per_call(lambda: model(x, y)[1].backward(), repeats=repeats, warmup=0,
+                            stat="mean", device=device)
 
 
-start = time.perf_counter()
-compiled_model(x, y)[1].backward()  # compiles forward and backward
-compile_seconds = time.perf_counter() - start
+compile_seconds = step_time(compiled_model, 1)  # the first call compiles forward and backward
 torch.testing.assert_close(compiled_model(x, y)[0], eager_model(x, y)[0], rtol=1e-4, atol=1e-4)
 repeats = pick(smoke=1, book=5)
 eager_ms, compiled_ms = step_time(eager_model, repeats) * 1e3, step_time(compiled_model, repeats) * 1e3

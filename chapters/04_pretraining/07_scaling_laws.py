@@ -65,12 +65,13 @@ import torch
 from matplotlib.ticker import NullFormatter
 
 from dlbook import checks_enabled, get_device, pick, seed_everything
+from dlbook.artifacts import kjv_tokens
+from dlbook.bench import flops_per_token, matmul_params
 from dlbook.book import glue
 from dlbook.data.lm import split_tokens
 from dlbook.nn.gpt import GPT, GPTConfig
-from dlbook.perf import flops_per_token
-from dlbook.pretrained import PretrainConfig, kjv_tokens
-from dlbook.scaling import compute_frontier, fit_power_law, non_embedding_params, train_for_tokens
+from dlbook.pretrain import PretrainConfig
+from dlbook.scaling import compute_frontier, fit_power_law, train_for_tokens
 
 seed_everything(0)
 device = get_device()
@@ -167,7 +168,7 @@ configs = [
     for nl, nh, ne in shapes
 ]
 for cfg in configs:
-    print(f"L={cfg.n_layer} C={cfg.n_embd}: N = {non_embedding_params(GPT(cfg)):,}")
+    print(f"L={cfg.n_layer} C={cfg.n_embd}: N = {GPT(cfg).num_params(non_embedding=True):,}")
 
 # %%
 runs = []
@@ -342,8 +343,8 @@ if checks_enabled():
 ratios = {r["N"]: r["C_attn"] / r["C"] for r in runs}
 for cfg in configs:
     model = GPT(cfg)
-    n = non_embedding_params(model)
-    by_hand = flops_per_token(cfg, model.num_params(non_embedding=True)) / (6 * n)
+    n = model.num_params(non_embedding=True)
+    by_hand = flops_per_token(cfg, matmul_params(model)) / (6 * n)
     assert abs(by_hand - ratios[n]) < 1e-9
 glue("s4_7_attn_small", ratios[sizes[0]], ".2f")
 glue("s4_7_attn_large", ratios[sizes[-1]], ".2f")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dlbook.checkpoint import atomic_write
 from dlbook.data.text import window_starts
 
 __all__ = ["read_tokens", "sample_windows", "split_tokens", "token_dtype", "write_tokens"]
@@ -43,8 +44,8 @@ def write_tokens(
 
     The dtype is :func:`token_dtype` of ``vocab_size``; a small JSON file ``path + ".json"``
     records dtype, length and vocabulary size so that :func:`read_tokens` can check the file.
-    Both files are written to temporary names first and renamed, so an interrupted write never
-    leaves a file that looks complete.
+    Both files are written atomically (:func:`dlbook.checkpoint.atomic_write`), so an
+    interrupted write never leaves a file that looks complete.
 
     Raises:
         ValueError: an empty stream, a stream that is not 1-D, or ids outside ``[0, vocab_size)``.
@@ -60,19 +61,22 @@ def write_tokens(
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"token ids must lie in [0, {vocab_size}), got min {lo}, max {hi}")
+
+    def write_ids(tmp: Path) -> None:
+        mm = np.memmap(tmp, dtype=dtype, mode="w+", shape=(arr.size,))
+        mm[:] = arr
+        mm.flush()
+        del mm
+
+    # Old metadata out, the ids in, then the metadata that declares them complete: a crash in
+    # between leaves ids without metadata, which read_tokens refuses, never a file that looks
+    # whole but is not.
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    mm = np.memmap(tmp, dtype=dtype, mode="w+", shape=(arr.size,))
-    mm[:] = arr
-    mm.flush()
-    del mm
-    os.replace(tmp, path)
-    meta = {"dtype": dtype.name, "length": int(arr.size), "vocab_size": int(vocab_size)}
     meta_path = path.with_name(path.name + _META_SUFFIX)
-    tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, meta_path)
+    meta_path.unlink(missing_ok=True)
+    atomic_write(path, write_ids)
+    meta = {"dtype": dtype.name, "length": int(arr.size), "vocab_size": int(vocab_size)}
+    atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta)))
     return path
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import os
 import re
 import sqlite3
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dlbook.checkpoint import atomic_write
 from dlbook.data.optional import require
 
 # A verse in the database starts with "chapter:verse " (e.g. "1:1 In the beginning ...");
@@ -114,23 +116,24 @@ class CharTokenizer:
             ids = ids.tolist()
         out = []
         for i in ids:
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise ValueError(f"token ids are integers, got {i!r} ({type(i).__name__})")
             if not 0 <= int(i) < self.vocab_size:
                 raise ValueError(f"id {i} is outside the vocabulary [0, {self.vocab_size})")
             out.append(self.chars[int(i)])
         return "".join(out)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the vocabulary to a JSON file (``{"type": "char", "chars": [...]}``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
-        return path
+        """Write the vocabulary to a JSON file (``{"type": "char", "chars": [...]}``),
+        atomically."""
+        text = json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False)
+        return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CharTokenizer:
         """Read a tokenizer written by :meth:`save`."""
         try:
-            meta = json.loads(Path(path).read_text())
+            meta = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not a valid tokenizer JSON file: {e}") from e
         if not isinstance(meta, dict) or meta.get("type") != "char" or "chars" not in meta:

@@ -155,8 +155,9 @@ class RotaryEmbedding(nn.Module):
 
 
 class LayerKV:
-    """The cached keys and values of one attention layer: buffers ``(B, H, T_max, D)`` allocated
-    on the first :meth:`append` with the dtype and device of the keys."""
+    """The cached keys and values of one attention layer: buffers ``(B, H_kv, T_max, D)``
+    allocated on the first :meth:`append` with the dtype and device of the keys (``H_kv`` is the
+    number of key/value heads, fewer than the query heads under grouped-query attention)."""
 
     def __init__(self, max_len: int) -> None:
         self.max_len, self.length = max_len, 0
@@ -164,15 +165,17 @@ class LayerKV:
         self.v: torch.Tensor | None = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v (B, H, T, D)`` after the cached positions; return all keys and values
-        so far, ``(B, H, length, D)`` each (views of the buffers, no copy)."""
+        """Store ``k, v (B, H_kv, T, D)`` after the cached positions; return all keys and values
+        so far, ``(B, H_kv, length, D)`` each (views of the buffers, no copy)."""
         b, h, t, d = k.shape
         end = self.length + t
         if end > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions; {end} do not fit")
         if self.k is None or self.v is None:
-            self.k = k.new_zeros(b, h, self.max_len, d)
-            self.v = v.new_zeros(b, h, self.max_len, d)
+            # Uninitialised: only positions already written are ever read back, and a long
+            # context (8192 positions) would otherwise be zeroed for nothing.
+            self.k = k.new_empty(b, h, self.max_len, d)
+            self.v = v.new_empty(b, h, self.max_len, d)
         elif self.k.shape[:2] != (b, h) or self.k.shape[-1] != d:
             raise ValueError(
                 f"the cache was built for (B, H, D) = {tuple(self.k.shape[:2])} + "
@@ -189,7 +192,8 @@ class KVCache:
 
     Attention at a new position needs the keys and values of all earlier positions; they do not
     change once computed, so a generator that keeps them feeds the model one new token per step
-    instead of the whole sequence. Memory: ``2 * n_layer * B * H * T_max * D`` numbers.
+    instead of the whole sequence. Memory: ``2 * n_layer * B * H_kv * T_max * D`` numbers, with
+    ``H_kv`` the key/value heads (grouped-query attention keeps fewer of them than query heads).
 
     Args:
         n_layer: number of attention layers.
@@ -232,9 +236,16 @@ class MultiHeadAttention(nn.Module):
     in parallel through :func:`torch.nn.functional.scaled_dot_product_attention` (a fused/flash
     kernel where one exists), and ``c_proj`` mixes the concatenated heads.
 
+    Grouped-query attention (GQA, Ainslie et al. 2023): with ``n_kv_head < n_head`` there are
+    only ``n_kv_head`` key/value heads, each shared by a group of ``G = n_head / n_kv_head``
+    consecutive query heads (query head ``h`` reads key/value head ``h // G``). ``c_attn`` is
+    then ``(C + 2 H_kv D, C)`` and the key/value cache is ``G`` times smaller.
+    ``n_kv_head = n_head`` is ordinary multi-head attention (the default).
+
     Args:
         n_embd: model width ``C``.
-        n_head: number of heads; must divide ``n_embd``.
+        n_head: number of (query) heads; must divide ``n_embd``.
+        n_kv_head: number of key/value heads; must divide ``n_head`` (``None``: ``n_head``).
         bias: whether the projections have biases.
         dropout: dropout on the attention weights and on the output (training only).
         causal: forbid each position to attend to later positions.
@@ -245,6 +256,7 @@ class MultiHeadAttention(nn.Module):
         n_embd: int,
         n_head: int,
         *,
+        n_kv_head: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
         causal: bool = False,
@@ -252,22 +264,29 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd={n_embd} must be divisible by n_head={n_head}")
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        if isinstance(n_kv_head, bool) or n_kv_head < 1 or n_head % n_kv_head != 0:
+            raise ValueError(
+                f"n_kv_head={n_kv_head!r} must be a positive divisor of n_head={n_head}"
+            )
         self.n_embd, self.n_head, self.head_dim = n_embd, n_head, n_embd // n_head
+        self.n_kv_head, self.kv_dim = n_kv_head, n_kv_head * (n_embd // n_head)
         self.causal, self.dropout = causal, dropout
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_attn = nn.Linear(n_embd, n_embd + 2 * self.kv_dim, bias=bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
     def _heads(
         self, x: torch.Tensor, rope: RotaryEmbedding | None, offset: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project ``x (B, T, C)`` to ``q, k, v``, each ``(B, H, T, D)`` (RoPE applied to q, k,
-        the first position of ``x`` being ``offset``)."""
+        """Project ``x (B, T, C)`` to ``q (B, H, T, D)`` and ``k, v (B, H_kv, T, D)`` (RoPE
+        applied to q, k, the first position of ``x`` being ``offset``)."""
         if x.dim() != 3 or x.shape[-1] != self.n_embd:
             raise ValueError(f"expected input (B, T, {self.n_embd}), got {tuple(x.shape)}")
         b, t, _ = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=-1)
-        q, k, v = (z.view(b, t, self.n_head, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        q, k, v = self.c_attn(x).split([self.n_embd, self.kv_dim, self.kv_dim], dim=-1)
+        q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = (z.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2) for z in (k, v))
         if rope is not None:
             q, k = rope(q, offset), rope(k, offset)
         return q, k, v
@@ -300,8 +319,17 @@ class MultiHeadAttention(nn.Module):
             kv: optional key/value cache of this layer (section 4.4): ``x`` holds the positions
                 that follow the ``kv.length`` cached ones; its keys and values are appended and
                 its queries attend to every cached position as well.
+
+        Raises:
+            ValueError: a ``key_padding_mask`` together with ``kv`` (the cached path has no
+                padding masks: it would need one over the cached positions too).
         """
         if kv is not None:
+            if key_padding_mask is not None:
+                raise ValueError(
+                    "key_padding_mask is not supported with a key/value cache; decode without "
+                    "padding (one prompt per call, or prompts of equal length) or pass kv=None"
+                )
             return self._forward_cached(x, rope, kv)
         q, k, v = self._heads(x, rope)
         mask = self._mask(key_padding_mask, x.shape[1])
@@ -312,6 +340,7 @@ class MultiHeadAttention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and mask is None,
+            enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(x.shape)  # concatenate the heads: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -321,14 +350,16 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor:
         start = kv.length
         q, k, v = self._heads(x, rope, offset=start)
-        k, v = kv.append(k, v)  # (B, H, start + T, D)
+        k, v = kv.append(k, v)  # (B, H_kv, start + T, D)
         t_q, t_k = q.shape[-2], k.shape[-2]
         mask = None
         if self.causal and t_q > 1:
             # Query i sits at position start + i: it may see keys 0 .. start + i, a causal mask
             # aligned to the bottom-right corner (``causal_mask`` aligns to the top-left).
             mask = torch.ones(t_q, t_k, dtype=torch.bool, device=x.device).tril(t_k - t_q)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, enable_gqa=self.n_kv_head != self.n_head
+        )  # (B, H, T, D)
         return self.c_proj(y.transpose(1, 2).reshape(x.shape))
 
     @torch.no_grad()
@@ -340,6 +371,7 @@ class MultiHeadAttention(nn.Module):
     ) -> torch.Tensor:
         """The attention weights ``(B, H, T, T)`` that :meth:`forward` uses (for plots)."""
         q, k, _ = self._heads(x, rope)
+        k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # query head h: kv h // G
         mask = self._mask(key_padding_mask, x.shape[1])
         _, w = scaled_dot_product_attention(q, k, k, mask, is_causal=self.causal and mask is None)
         return w

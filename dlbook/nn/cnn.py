@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dlbook.config import check_int, validate_config
+
 
 def _check_images(x: torch.Tensor, channels: int, size: int, model: str) -> None:
     """Raise ``ValueError`` unless ``x`` is ``(batch, channels, size, size)``."""
@@ -22,9 +24,20 @@ def _check_images(x: torch.Tensor, channels: int, size: int, model: str) -> None
         )
 
 
-def _positive_ints(name: str, values: list[int]) -> None:
-    if not values or any(int(v) != v or v < 1 for v in values):
-        raise ValueError(f"{name} must be a non-empty list of positive integers, got {values}")
+def out_size(n: int, k: int, p: int = 0, s: int = 1, d: int = 1) -> int:
+    """Length of a convolution's (or pooling's) output along one axis of length ``n``, for
+    kernel size ``k``, padding ``p``, stride ``s`` and dilation ``d`` (section 3.1's
+    eq-out-size): ``floor((n + 2p - d(k - 1) - 1) / s) + 1``.
+
+    Raises:
+        ValueError: a size is not a positive integer (``p``: non-negative), or the dilated
+            kernel does not fit the padded input even once.
+    """
+    for name, value, low in (("n", n, 1), ("k", k, 1), ("p", p, 0), ("s", s, 1), ("d", d, 1)):
+        check_int(name, value, low)
+    if n + 2 * p < d * (k - 1) + 1:
+        raise ValueError(f"a kernel of {k} (dilation {d}) does not fit {n} + 2·{p} positions")
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 # --------------------------------------------------------------------------- LeNet
@@ -49,22 +62,22 @@ class LeNetConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        _positive_ints("channels", self.channels)
+        validate_config(self)  # every field by its annotation: sizes >= 1
         if len(self.channels) != 2:
             raise ValueError(
                 f"LeNet has two convolutions: channels needs 2 entries, got {self.channels}"
             )
-        if self.hidden:
-            _positive_ints("hidden", self.hidden)
-        _positive_ints("in_channels/num_classes", [self.in_channels, self.num_classes])
         if self.feature_size < 1:
             raise ValueError(f"image_size {self.image_size} is too small for LeNet (needs >= 12)")
 
     @property
     def feature_size(self) -> int:
         """Height = width of the feature maps after the second pooling."""
-        s = self.image_size // 2  # conv1 (5×5, padding 2) keeps the size; pool halves it
-        return (s - 4) // 2  # conv2 (5×5, no padding) removes 4; pool halves it
+        size = self.image_size
+        if size < 12:  # conv2 needs 5 positions after the first pooling
+            return 0
+        size = out_size(out_size(size, 5, p=2), 2, s=2)  # conv1 keeps the size; pool halves it
+        return out_size(out_size(size, 5), 2, s=2)  # conv2 removes 4; pool halves it
 
 
 class LeNet(nn.Module):
@@ -160,16 +173,12 @@ class ResNetConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        _positive_ints("widths", self.widths)
-        _positive_ints("blocks", self.blocks)
-        if len(self.widths) != len(self.blocks):
+        validate_config(self)  # every field by its annotation: sizes >= 1
+        if not self.widths or len(self.widths) != len(self.blocks):
             raise ValueError(
-                f"widths and blocks need one entry per stage, got {self.widths} and {self.blocks}"
+                f"widths and blocks need one entry per stage (at least one stage), got "
+                f"{self.widths} and {self.blocks}"
             )
-        _positive_ints(
-            "in_channels/num_classes/image_size",
-            [self.in_channels, self.num_classes, self.image_size],
-        )
 
 
 class ResNet(nn.Module):

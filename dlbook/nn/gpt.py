@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dlbook.config import Dropout, Interval, NonNegativeInt
 from dlbook.nn.attention import KVCache, RotaryEmbedding
+from dlbook.nn.losses import token_cross_entropy
 from dlbook.nn.transformer import block_stack, check_block_config, check_ids, make_norm
 
 
@@ -33,6 +35,15 @@ class GPTConfig:
         rope: rotary position embeddings instead of a learned position table.
         norm: ``"layer"`` (GPT-2) or ``"rms"``.
         mlp: ``"gelu"`` (GPT-2) or ``"swiglu"``.
+        n_kv_head: key/value heads of grouped-query attention, a divisor of ``n_head``;
+            ``0``: ``n_head`` (plain multi-head attention, GPT-2).
+        rope_base: the base of the RoPE frequencies ``base ** (-2i / D)`` (only with ``rope``;
+            Llama: ``10000``, SmolLM2: ``100000``).
+        norm_eps: epsilon of every norm; ``0``: the norm's default.
+        mlp_hidden: feed-forward width; ``0``: the default of the ``mlp`` kind.
+
+    A Llama-style decoder (SmolLM2) is ``bias=False, rope=True, norm="rms", mlp="swiglu"`` with
+    ``n_kv_head < n_head``, ``norm_eps=1e-5`` and its own ``rope_base`` and ``mlp_hidden``.
     """
 
     vocab_size: int = 256
@@ -40,14 +51,23 @@ class GPTConfig:
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
-    dropout: float = 0.0
+    dropout: Dropout = 0.0
     bias: bool = True
     rope: bool = False
-    norm: str = "layer"
-    mlp: str = "gelu"
+    norm: Literal["layer", "rms"] = "layer"
+    mlp: Literal["gelu", "swiglu"] = "gelu"
+    n_kv_head: NonNegativeInt = 0
+    rope_base: Annotated[float, Interval("(1, inf)")] = 10000.0
+    norm_eps: Annotated[float, Interval("[0, 1)")] = 0.0
+    mlp_hidden: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
-        check_block_config(self)
+        check_block_config(self)  # every field by its annotation, then heads/width
+        if self.n_kv_head and self.n_head % self.n_kv_head != 0:
+            raise ValueError(
+                f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head} (each key/value "
+                "head serves a whole group of query heads)"
+            )
 
 
 class GPT(nn.Module):
@@ -60,10 +80,14 @@ class GPT(nn.Module):
         self.config = c = config
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.wpe = None if c.rope else nn.Embedding(c.block_size, c.n_embd)
-        self.rope = RotaryEmbedding(c.n_embd // c.n_head, c.block_size) if c.rope else None
+        self.rope = (
+            RotaryEmbedding(c.n_embd // c.n_head, c.block_size, base=c.rope_base)
+            if c.rope
+            else None
+        )
         self.drop = nn.Dropout(c.dropout)
         self.blocks = block_stack(c, causal=True)
-        self.ln_f = make_norm(c.norm, c.n_embd, c.bias)
+        self.ln_f = make_norm(c.norm, c.n_embd, c.bias, eps=c.norm_eps or None)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying: one (V, C) matrix, two uses
         self.apply(self._init_weights)
@@ -82,18 +106,26 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Number of parameters (tied weights counted once); without the position table if
-        ``non_embedding`` (the convention of scaling-law papers)."""
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Number of parameters (a tied tensor counted once). With ``non_embedding``, the ``N``
+        of scaling-law papers (Kaplan et al. 2020): without the token and position tables (with
+        weight tying the token table is also the output layer, left out as well)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and self.wpe is not None:
-            n -= self.wpe.weight.numel()
+        if non_embedding:
+            n -= self.wte.weight.numel()
+            if self.wpe is not None:
+                n -= self.wpe.weight.numel()
         return n
 
-    def new_cache(self) -> KVCache:
-        """An empty key/value cache for :meth:`forward` (one slot per layer, ``block_size``
-        positions; its buffers take the dtype and device of the first keys stored)."""
-        return KVCache(self.config.n_layer, self.config.block_size)
+    def new_cache(self, max_len: int | None = None) -> KVCache:
+        """An empty key/value cache for :meth:`forward` (one slot per layer, ``max_len``
+        positions, default ``block_size``; its buffers, ``(B, n_kv_head, max_len, D)`` per layer
+        for keys and for values, take the dtype and device of the first keys stored)."""
+        block_size = self.config.block_size
+        max_len = block_size if max_len is None else max_len
+        if not 1 <= max_len <= block_size:
+            raise ValueError(f"max_len must lie in [1, block_size={block_size}], got {max_len}")
+        return KVCache(self.config.n_layer, max_len)
 
     def forward(
         self,
@@ -102,7 +134,8 @@ class GPT(nn.Module):
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits ``(B, T, V)`` for the next token at every position, and the mean cross-entropy
-        against ``targets (B, T)`` when given (``-1`` marks positions to ignore), else ``None``.
+        against ``targets (B, T)`` when given (:data:`~dlbook.nn.losses.IGNORE_INDEX`, ``-100``,
+        marks positions to ignore), else ``None``.
 
         With a ``cache`` (from :meth:`new_cache`), ``idx`` holds the tokens that follow the
         ``cache.length`` positions already cached; their keys and values are added to it.
@@ -128,11 +161,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
         if targets is None:
             return logits, None
-        if targets.shape != idx.shape:
-            raise ValueError(
-                f"targets must have shape {tuple(idx.shape)}, got {tuple(targets.shape)}"
-            )
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        loss = token_cross_entropy(logits, targets)  # checks the shape; skips IGNORE_INDEX
         return logits, loss
 
     def generate(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
+
+from dlbook.config import Dropout, validate_config
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -30,19 +33,11 @@ class MLPConfig:
     in_features: int
     hidden: list[int] = field(default_factory=lambda: [128])
     out_features: int = 10
-    activation: str = "relu"
-    dropout: float = 0.0
+    activation: Literal["relu", "gelu", "tanh", "sigmoid"] = "relu"
+    dropout: Dropout = 0.0
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)}, not {self.activation!r}"
-            )
-        sizes = [self.in_features, *self.hidden, self.out_features]
-        if any(int(s) != s or s < 1 for s in sizes):
-            raise ValueError(f"layer sizes must be positive integers, got {sizes}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        validate_config(self)  # every field by its annotation: sizes >= 1, dropout in [0, 1)
 
 
 class MLP(nn.Module):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from dlbook.config import Dropout, validate_config
 from dlbook.decoding import check_sampling, sample_next
 from dlbook.nn.transformer import check_ids
 
@@ -33,20 +34,10 @@ class CharLSTMConfig:
     embed_dim: int = 64
     hidden_size: int = 256
     num_layers: int = 2
-    dropout: float = 0.0
+    dropout: Dropout = 0.0
 
     def __post_init__(self) -> None:
-        sizes = {
-            "vocab_size": self.vocab_size,
-            "embed_dim": self.embed_dim,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-        }
-        bad = {k: v for k, v in sizes.items() if int(v) != v or v < 1}
-        if bad:
-            raise ValueError(f"sizes must be positive integers, got {bad}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        validate_config(self)  # every field by its annotation: sizes >= 1, dropout in [0, 1)
 
 
 class CharLSTM(nn.Module):

@@ -6,12 +6,19 @@
   chapters instead of serving stale outputs from the cache.
 * On ``builder-inited`` each chapter is also written as an ``.ipynb`` under ``_generated/``, and
   on ``source-read`` a note with ``.py`` and ``.ipynb`` download links is put under its title.
+* On ``html-page-context`` two accessibility repairs (axe-core, run by ``tests/test_site.py``):
+  the sidebar's disclosure toggles get an accessible name (:func:`label_toctree_toggles`), and
+  bibliography entries get ARIA's ``listitem`` role instead of the deprecated
+  ``doc-biblioentry`` (:func:`fix_citation_roles`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import html
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -98,7 +105,60 @@ def _on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
         source[0] = add_download_links(source[0], stem, part)
 
 
+# A sidebar entry with children: its link, then a <details> whose <summary> holds only a chevron.
+_TOGGLE = re.compile(
+    r"(<a [^>]*>(?P<title>(?:(?!</a>).)*)</a>)"
+    r"(?P<details><details[^>]*>)<summary>"
+)
+
+
+def label_toctree_toggles(page: str) -> str:
+    """Name each sidebar disclosure toggle after its entry: ``<summary aria-label="…">``.
+
+    The theme's ``<summary>`` holds only a decorative chevron, so screen readers announce an
+    unnamed control (WCAG 4.1.2, axe ``summary-name``). Idempotent: a labelled summary no longer
+    matches.
+    """
+
+    def label(match: re.Match[str]) -> str:
+        title = html.unescape(re.sub(r"<[^>]+>", "", match["title"])).strip()
+        name = html.escape(f"Show or hide the sections of {title}", quote=True)
+        return f'{match[1]}{match["details"]}<summary aria-label="{name}">'
+
+    return _TOGGLE.sub(label, page)
+
+
+def fix_citation_roles(body: str) -> str:
+    """Give bibliography entries the ``listitem`` role their ``role="list"`` parent requires.
+
+    docutils writes ``<div role="list" class="citation-list">`` around entries with the
+    deprecated ``role="doc-biblioentry"``, which ARIA does not allow as a list's child (axe
+    ``aria-required-children``, critical).
+    """
+    return body.replace(' role="doc-biblioentry"', ' role="listitem"')
+
+
+def _accessible_page(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    if "body" in context:
+        context["body"] = fix_citation_roles(context["body"])
+    generate = context.get("generate_toctree_html")
+    if generate is None or getattr(generate, "dlbook_labelled", False):
+        return
+
+    @functools.wraps(generate)
+    def labelled(kind: str, *args, **kwargs):
+        out = generate(kind, *args, **kwargs)
+        # "sidebar" gives a BeautifulSoup tree that the template prints; "raw" callers want the
+        # tree itself.
+        return label_toctree_toggles(str(out)) if kind == "sidebar" else out
+
+    labelled.dlbook_labelled = True  # type: ignore[attr-defined]
+    context["generate_toctree_html"] = labelled
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     app.connect("builder-inited", _write_notebooks)
     app.connect("source-read", _on_source_read)
+    # After the theme (priority 500) has put generate_toctree_html into the page's context.
+    app.connect("html-page-context", _accessible_page, priority=900)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,4 +1,4 @@
-"""Tests of dlbook.inspect: gradient norms and activation statistics."""
+"""Tests of dlbook.probes: gradient norms and activation statistics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlbook.inspect import activation_stats, grad_norms
+from dlbook.probes import activation_stats, grad_norms
 
 
 def _model(seed: int) -> nn.Sequential:

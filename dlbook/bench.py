@@ -1,4 +1,4 @@
-"""FLOPs, model FLOPs utilisation (MFU) and a GPT training benchmark (``dlbook bench gpt``).
+"""FLOPs, model FLOPs utilisation (MFU), timing, and a GPT training benchmark (``dlbook bench``).
 
 FLOPs per token follow the standard estimate for a decoder-only Transformer (Kaplan et al.
 2020, the PaLM paper's appendix): a forward pass costs ``2 N`` FLOPs (one multiply-add per
@@ -9,22 +9,37 @@ the values; training (forward + backward) costs three times the forward pass:
     flops_per_token = 3 · (2 N + 4 · n_layer · T · C) = 6 N + 12 · n_layer · T · C
 
 MFU is achieved FLOPs per second divided by the device's peak dense throughput.
+:func:`seconds_per_call` is the one stopwatch of the book: warm-up calls, repeated timed calls,
+and a CUDA synchronisation so that the time covers the GPU's work, not just its launch.
 """
 
 from __future__ import annotations
 
+import math
 import resource
+import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from dlbook.config import check_int
 from dlbook.device import autocast, describe, get_device
 from dlbook.nn.gpt import GPT, GPTConfig
+
+__all__ = [
+    "PEAK_BF16_FLOPS",
+    "SIZES",
+    "BenchResult",
+    "benchmark_gpt",
+    "flops_per_token",
+    "matmul_flops_per_second",
+    "matmul_params",
+    "peak_flops",
+    "seconds_per_call",
+]
 
 # Peak dense bf16 tensor-core throughput, FLOP/s, from the vendors' data sheets.
 PEAK_BF16_FLOPS = {
@@ -43,11 +58,60 @@ SIZES = {
 }
 
 
+def seconds_per_call(
+    fn: Callable[[], Any],
+    *,
+    repeats: int = 5,
+    warmup: int = 1,
+    stat: Literal["median", "min", "mean"] = "median",
+    device: torch.device | str | None = None,
+) -> float:
+    """Wall-clock seconds of one call of ``fn()``.
+
+    ``warmup`` untimed calls first (compilation, caches, allocator), then ``repeats`` timed
+    calls, summarised by ``stat``: the ``median`` (robust to a busy machine), the ``min`` (the
+    best the code can do) or the ``mean`` (total time / calls, what a training loop pays).
+    ``warmup=0, repeats=1`` times a first call, compilation included. On a CUDA ``device``
+    the GPU is synchronised before the clock starts and after every call, since kernels run
+    asynchronously.
+    """
+    check_int("repeats", repeats)
+    check_int("warmup", warmup, low=0)
+    if stat not in ("median", "min", "mean"):
+        raise ValueError(f"stat must be 'median', 'min' or 'mean', not {stat!r}")
+    device = torch.device(device) if device is not None else None
+    cuda = device is not None and device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    if stat == "median":
+        return statistics.median(times)
+    return min(times) if stat == "min" else sum(times) / len(times)
+
+
+def matmul_params(model: GPT) -> int:
+    """Parameters of ``model`` used in matrix products: all but the position table. With
+    weight tying the token embedding is counted once, as the output layer (a ``V × C``
+    product per token); the position table is a lookup and costs nothing."""
+    n = model.num_params(non_embedding=False)
+    return n - (model.wpe.weight.numel() if model.wpe is not None else 0)
+
+
 def flops_per_token(config: GPTConfig, matmul_params: int, training: bool = True) -> float:
     """Estimated FLOPs to process one token at full context (``× 3`` for training).
 
-    ``matmul_params``: parameters used in matrix products, i.e. all but the position table
-    (with weight tying the token embedding counts once, as the output layer).
+    ``matmul_params``: parameters used in matrix products (:func:`matmul_params`).
     """
     forward = 2 * matmul_params + 4 * config.n_layer * config.block_size * config.n_embd
     return 3 * forward if training else forward
@@ -101,6 +165,7 @@ class BenchResult:
         )
 
     def as_dict(self) -> dict[str, object]:
+        """The fields as a dict of plain (JSON-serialisable, finite) values."""
         return asdict(self)
 
 
@@ -115,59 +180,64 @@ def benchmark_gpt(
     device: torch.device | None = None,
     peak_tflops: float | None = None,
 ) -> BenchResult:
-    """Time ``steps`` training steps (AdamW) of a GPT of ``size`` on random tokens.
+    """Time ``steps`` training steps (AdamW) of a GPT of ``size`` on random tokens
+    ``(batch_size, block_size)``.
 
     ``dtype="auto"`` is bf16 autocast on CUDA and float32 on the CPU. The first ``warmup``
-    steps (compilation, allocator warm-up) are not timed.
+    steps (compilation, allocator warm-up) are not timed. On CUDA, TF32 matrix products are
+    allowed during the run (as in any real training run) and the previous setting is restored
+    afterwards.
+
+    Raises:
+        ValueError: an unknown size or dtype, ``steps``/``batch_size`` not a positive integer,
+            ``warmup`` negative, or ``peak_tflops`` not a finite positive number.
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
-    if steps < 1 or warmup < 0 or batch_size < 1:
-        raise ValueError("steps and batch_size must be at least 1, warmup at least 0")
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    check_int("warmup", warmup, low=0)
+    if peak_tflops is not None and not (
+        isinstance(peak_tflops, (int, float)) and math.isfinite(peak_tflops) and peak_tflops > 0
+    ):
+        raise ValueError(f"peak_tflops must be a finite number > 0, got {peak_tflops!r}")
+    if dtype not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', not {dtype!r}")
     device = device or get_device()
     if dtype == "auto":
         dtype = "bf16" if device.type == "cuda" else "fp32"
-    amp = {"bf16": torch.bfloat16, "fp32": None}.get(dtype, "bad")
-    if amp == "bad":
-        raise ValueError(f"dtype must be 'auto', 'bf16' or 'fp32', not {dtype!r}")
+    amp = torch.bfloat16 if dtype == "bf16" else None
     config = SIZES[size]
     torch.manual_seed(0)
     model = GPT(config).to(device)
     params = model.num_params(non_embedding=False)
-    # The token embedding is also the output layer (tied), whose matmul costs 2·V·C per token:
-    # count it; the position table is a lookup and costs nothing.
-    matmul_params = model.num_params(non_embedding=True)
+    matmul = matmul_params(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
     forward = torch.compile(model) if compile else model
     tokens = torch.randint(0, config.vocab_size, (batch_size, config.block_size + 1), device=device)
     x, y = tokens[:, :-1], tokens[:, 1:]
 
     def step() -> None:
-        with autocast(device, amp):  # type: ignore[arg-type]
+        with autocast(device, amp):
             _, loss = forward(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    def sync() -> None:
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    step_seconds = (time.perf_counter() - start) / steps
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(warmup):
+            step()
+        step_seconds = seconds_per_call(step, repeats=steps, warmup=0, stat="mean", device=device)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     tokens_per_second = batch_size * config.block_size / step_seconds
-    fpt = flops_per_token(config, matmul_params)
+    fpt = flops_per_token(config, matmul)
     achieved = tokens_per_second * fpt
-    peak = peak_tflops * 1e12 if peak_tflops else peak_flops(device)
+    peak = peak_tflops * 1e12 if peak_tflops is not None else peak_flops(device)
     if device.type == "cuda":
         memory, kind = torch.cuda.max_memory_allocated(device) / 1e9, "CUDA allocated"
     else:  # ru_maxrss is in kilobytes on Linux
@@ -190,56 +260,6 @@ def benchmark_gpt(
     )
 
 
-def saved_activation_bytes(fn: Callable[[], Any], exclude: Iterable[torch.Tensor] = ()) -> int:
-    """Bytes of the tensors autograd saves for the backward pass while ``fn()`` runs.
-
-    This is the activation memory of a training step, measured the same way on any device:
-    every tensor that the forward pass stores for backward goes through the pack hook.
-    Tensors sharing a storage are counted once; storages of ``exclude`` (pass the model's
-    parameters, which matrix products also save) are not counted.
-    """
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
-
-
-class Checkpointed(nn.Module):
-    """Wrap a block so its activations are recomputed in backward instead of stored.
-
-    ``forward`` takes whatever the wrapped block takes (``x (B, T, C)``, keywords) and returns
-    the same output; only the memory/compute trade changes.
-    """
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return self.block(*args, **kwargs)
-        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)
-
-
-def checkpoint_blocks(blocks: nn.ModuleList) -> None:
-    """Wrap every module of ``blocks`` (e.g. ``GPT.blocks``) in :class:`Checkpointed`, in place.
-
-    Parameter names gain a ``.block`` level; save weights before wrapping, or unwrap with
-    ``blocks[i] = blocks[i].block``.
-    """
-    for i, block in enumerate(blocks):
-        if not isinstance(block, Checkpointed):
-            blocks[i] = Checkpointed(block)
-
-
 def matmul_flops_per_second(
     n: int = 1024,
     dtype: torch.dtype = torch.float32,
@@ -247,15 +267,9 @@ def matmul_flops_per_second(
     repeats: int = 10,
 ) -> float:
     """Measured FLOP/s of an ``n × n`` matrix product: a practical peak for MFU on a CPU."""
+    check_int("n", n)
     device = device or get_device()
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
+    seconds = seconds_per_call(lambda: a @ b, repeats=repeats, warmup=1, stat="mean", device=device)
+    return 2 * n**3 / seconds

@@ -1,4 +1,5 @@
-"""Tests for dlbook.pretrained: cache key, pretraining loop, exact resume, cache, errors.
+"""Tests of dlbook.artifacts: the cache key, the generic cache of trained runs, and the book's
+own pretrained character-level GPT (trained on first use, reloaded, retrained when damaged).
 
 The conftest points ``DLBOOK_CACHE`` at a fresh temporary directory for every test.
 """
@@ -7,35 +8,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from dlbook.checkpoint import CheckpointError
-from dlbook.config import cache_dir
-from dlbook.data.text import load_kjv
-from dlbook.pretrained import (
-    PretrainConfig,
+from dlbook.artifacts import (
+    cached_run,
     config_key,
     kjv_config,
     kjv_tokens,
-    pretrain,
     pretrained_kjv_gpt,
     pretrained_kjv_run,
+    run_directory,
 )
+from dlbook.checkpoint import CheckpointError, read_json
+from dlbook.config import cache_dir
+from dlbook.data.text import load_kjv
+from dlbook.pretrain import PretrainConfig
 
 TINY = PretrainConfig(
     n_layer=1, n_head=2, n_embd=16, block_size=16, corpus_chars=20_000, batch_size=4,
     max_steps=8, warmup_steps=2, eval_interval=4, eval_batches=1,
 )
-
-
-def _data(vocab: int = 20, n: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    stream = (np.arange(n) % vocab + rng.integers(0, 2, n)) % vocab  # learnable pattern
-    return stream[: n * 9 // 10], stream[n * 9 // 10 :]
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -53,51 +49,48 @@ def test_cache_key_changes_with_every_field():
     assert base not in keys and len(keys) == len(changes)
     assert config_key(TINY, "other corpus") != base
     assert config_key(kjv_config("smoke")) != config_key(kjv_config("book"))
-    with pytest.raises(ValueError):
-        config_key({"n_layer": 1})  # type: ignore[arg-type]
-
-
-def test_config_validation():
-    with pytest.raises(ValueError, match="warmup"):
-        PretrainConfig(max_steps=5, warmup_steps=6)
-    with pytest.raises(ValueError, match="batch_size"):
-        PretrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="dataclass"):
+        config_key({"n_layer": 1})
     with pytest.raises(ValueError):
         kjv_config("huge")
 
 
-def test_pretrain_learns_and_resumes_exactly(tmp_path):
-    cfg = dataclasses.replace(TINY, max_steps=12, lr=1e-2, eval_interval=4)
-    train, val = _data()
-    full = pretrain(cfg, train, val, 20, device="cpu")
-    assert full.finished and [r["step"] for r in full.history] == [0, 4, 8, 12]
-    assert full.history[-1]["val_loss"] < full.history[0]["val_loss"]
-    assert abs(full.history[0]["val_loss"] - math.log(20)) < 0.2
-    path = tmp_path / "run.pt"
-    part = pretrain(cfg, train, val, 20, checkpoint_path=path, stop_after=6, device="cpu")
-    assert not part.finished and not _same_weights(part.model, full.model)
-    resumed = pretrain(cfg, train, val, 20, checkpoint_path=path, resume=True, device="cpu")
-    assert resumed.finished and _same_weights(resumed.model, full.model)  # bit-identical
-    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in full.history]
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    size: int = 3
 
 
-def test_resume_from_other_config_is_refused(tmp_path):
-    train, val = _data()
-    path = tmp_path / "run.pt"
-    pretrain(TINY, train, val, 20, checkpoint_path=path, stop_after=4, device="cpu")
-    other = dataclasses.replace(TINY, lr=1e-2)
-    with pytest.raises(CheckpointError, match="different pretraining configuration"):
-        pretrain(other, train, val, 20, checkpoint_path=path, resume=True, device="cpu")
+def test_cached_run_builds_once_and_rebuilds_damaged_entries():
+    """The generic mechanism, with a run that writes one file."""
+    calls: list[Path] = []
 
+    def build(directory: Path) -> list[int]:
+        calls.append(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "values.json").write_text(json.dumps(list(range(3))))
+        return list(range(3))
 
-def test_pretrain_rejects_bad_data():
-    train, val = _data()
-    with pytest.raises(ValueError, match="fewer than one window"):
-        pretrain(TINY, train[:10], val, 20)
-    with pytest.raises(ValueError, match="fewer than one window"):
-        pretrain(TINY, train, np.array([], dtype=np.uint8), 20)
-    with pytest.raises(ValueError, match="checkpoint_path"):
-        pretrain(TINY, train, val, 20, resume=True)
+    def load(directory: Path) -> list[int]:
+        return read_json(directory / "values.json", "no values")
+
+    first, built = cached_run("toy", Recipe(), build, load)
+    assert built and first == [0, 1, 2] and len(calls) == 1
+    again, built = cached_run("toy", Recipe(), build, load)
+    assert not built and again == first and len(calls) == 1  # loaded, not rebuilt
+    assert run_directory("toy", Recipe()) == calls[0]
+    assert run_directory("toy", Recipe(size=4)) != calls[0]
+    (calls[0] / "values.json").write_text("{broken")
+    with pytest.warns(UserWarning, match="cached toy unusable, retraining"):
+        _, built = cached_run("toy", Recipe(), build, load)
+    assert built and len(calls) == 2
+    (calls[0] / "run.json").unlink()  # an interrupted build leaves no marker
+    with pytest.warns(UserWarning, match="no finished run"):
+        _, built = cached_run("toy", Recipe(), build, load)
+    assert built
+    _, built = cached_run("toy", Recipe(), build, load, retrain=True)
+    assert built and len(calls) == 4
+    with pytest.raises(ValueError, match="run name"):
+        run_directory("../escape", Recipe())
 
 
 def test_kjv_tokens_memmap_round_trip():
@@ -139,6 +132,41 @@ def test_corrupt_cache_is_retrained_with_warning():
         pretrained_kjv_run(config=TINY)
     meta = json.loads((first.directory / "run.json").read_text())
     assert meta["config"]["n_embd"] == TINY.n_embd
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"n_head": "two"},  # a TypeError/ValueError inside the config class
+        {"rope": "false"},  # would have switched RoPE on before configs were validated
+        {"n_embd": 17},  # n_embd % n_head != 0: ValueError from the cross-field check
+        {"unknown_field": 1},  # TypeError: unexpected keyword
+    ],
+)
+def test_bad_config_values_in_the_cache_are_retrained(damage):
+    first = pretrained_kjv_run(config=TINY)
+    path = first.directory / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"].update(damage)
+    path.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="config does not fit GPT"):
+        again = pretrained_kjv_run(config=TINY)
+    assert again.trained_now and _same_weights(again.model, first.model)
+
+
+def test_newer_model_format_is_refused_and_retrained():
+    first = pretrained_kjv_run(config=TINY)
+    path = first.directory / "config.json"
+    meta = json.loads(path.read_text())
+    meta["format_version"] = 99
+    path.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="format version 99"):
+        assert pretrained_kjv_run(config=TINY).trained_now
+    with pytest.raises(CheckpointError, match="format version 99"):
+        from dlbook.checkpoint import read_model_config
+
+        path.write_text(json.dumps(meta))
+        read_model_config(first.directory)
 
 
 def test_pretrained_kjv_gpt_smoke_profile():
