@@ -90,7 +90,8 @@ glue("s5_1_moved", moved["encoder"], ".2f")
 # | feed-forward width $4C$ (MiniLM: $1536 = 4 \cdot 384$) | `mlp_hidden` | $4C$ |
 #
 # Token types let BERT read *two* texts at once (a question and a passage, two sentences to
-# compare): the input is `[CLS] A [SEP] B [SEP]`, and every token of B gets the type-1 vector
+# compare): the input is `[CLS] A [SEP] B [SEP]` (`[CLS]` and `[SEP]` are special
+# tokens that open the input and separate its segments; more on them below), and every token of B gets the type-1 vector
 # added to its embedding. The parameter names follow the GPT's (`wte`, `wpe`, and `wtt` for the
 # token types), so code that walks a model's parameters works on both.
 #
@@ -174,7 +175,7 @@ glue("s5_1_vocab", tokenizer.vocab_size, ",")
 #
 # A tokenizer that differs from the one a model was trained with in a single id silently
 # degrades the model, so we check ours against the reference (the Rust tokenizer of Hugging
-# Face `tokenizers`, which sentence-transformers uses) on a sample: verses of the King James
+# Face `tokenizers`, which the sentence-transformers library, introduced below, uses) on a sample: verses of the King James
 # Bible, lines of Python's documentation, and adversarial strings (accents, Greek capitals,
 # CJK, emoji, control characters, a 5,000-letter word, the empty string).
 
@@ -222,7 +223,7 @@ glue("s5_1_parity_texts", len(sample), ",")
 # :pyobject: mask_tokens
 # ```
 #
-# To pretrain a small BERT on the book's corpus within a minute or two of CPU time, we work with
+# To pretrain a small BERT on the book's corpus in minutes of CPU time, we work with
 # characters, as section {doc}`../04_pretraining/03_pretraining` did for the GPT: a vocabulary of
 # the King James Bible's characters plus four special tokens. (WordPiece would give the output
 # layer thousands of classes, each seen far more rarely; characters keep the run short.)
@@ -286,7 +287,7 @@ print("input:   ", show(inputs[0]))
 #
 # ## Pretraining a tiny BERT
 #
-# The model has BERT's layout at a size a laptop trains in a minute or two: 2 post-norm layers of
+# The model has BERT's layout at a size a laptop trains in minutes: 2 post-norm layers of
 # width 128, 4 heads, a feed-forward width of 512, token types and the embedding norm, an output
 # layer over the characters. One change: rotary position embeddings (section
 # {doc}`../03_architectures/04_attention`) instead of BERT's learned position table. To fill a
@@ -427,9 +428,10 @@ if checks_enabled():
 # ## MiniLM: a pretrained BERT in the library's encoder
 #
 # Pretraining a useful encoder is out of reach of a laptop, but a published one fits in one:
-# **all-MiniLM-L6-v2**, from the sentence-transformers project. Its body is MiniLM
-# {cite:p}`wang2020minilm`, a 6-layer, 384-wide BERT *distilled* from a larger one: trained to
-# reproduce the teacher's self-attention distributions and value relations in its last layer.
+# **all-MiniLM-L6-v2**, from the sentence-transformers project. Its body comes from MiniLM
+# {cite:p}`wang2020minilm`, a 12-layer, 384-wide BERT *distilled* from a larger one (trained to
+# reproduce the teacher's self-attention distributions and value relations in its last layer),
+# cut to 6 layers by keeping every second one.
 # The sentence-transformers project then trained it further, on over a billion sentence pairs
 # (its model card says), to put texts of similar meaning close together, the recipe of
 # Sentence-BERT
@@ -564,7 +566,7 @@ print(error_message(lambda: sentence_embeddings(minilm, minilm_tok, ["word " * 6
 #   vocabulary pieces (`##` marks a continuation). Ours gives the reference's ids on every
 #   tested text.
 # * The masked-language-model objective hides 15 % of the tokens (80 % `[MASK]`, 10 % random,
-#   10 % unchanged) and predicts them from both sides. A tiny BERT trained for a minute or two
+#   10 % unchanged) and predicts them from both sides. A tiny BERT trained for minutes
 #   on the characters of the King James Bible reached {glue}`s5_1_mlm_val` nats per hidden
 #   character, well below the {glue}`s5_1_unigram`-nat unigram baseline.
 # * MiniLM, a distilled BERT fine-tuned for sentence similarity, runs on the library's encoder
@@ -674,8 +676,7 @@ glue("s5_1_split_share", split_share, ".1%")
 
 # %% [markdown]
 # Only {glue}`s5_1_split_share` of the running words are split (the vocabulary was built from
-# modern English, which shares most of the KJV's common words); the most-split ones are rare
-# names and long words. Nothing becomes `[UNK]`: every letter exists in the vocabulary both as a
+# modern English, which shares most of the KJV's common words); Nothing becomes `[UNK]`: every letter exists in the vocabulary both as a
 # piece that starts a word and as a `##` piece, so any word of letters has a cut.
 # ```{solution-end}
 # ```
@@ -707,8 +708,8 @@ print(f"cosine between the outputs, per position: min {change.min():.3f}")
 assert change.min() < 1 - 1e-4
 
 # %% [markdown]
-# The type-1 vector moves every output a little (the model reads a pair as two segments), yet
-# the vectors stay close. A sentence-embedding model encodes each text *alone*, always with
+# The type-1 vector changes the outputs (the model reads a pair as two segments); the printed
+# minimum cosine shows by how much. A sentence-embedding model encodes each text *alone*, always with
 # type 0, which is how it was trained; types matter for models fine-tuned on pairs, such as
 # question answering.
 # ```{solution-end}

@@ -23,6 +23,7 @@
 import time
 from collections import Counter
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -187,7 +188,7 @@ glue("s5_2_n_q41", types["Q4_1"])
 # bfloat16 weights that were published and {glue}`s5_2_fp32_mb` MB in float32.
 #
 # The `gguf` package (llama.cpp's own reader) de-quantises; here is Q4_1 written out from the raw
-# bytes of one matrix, checked against it. The 16 codes of a block sit in 16 bytes: the low
+# bytes of one matrix, checked against it. The 32 codes of a block sit in 16 bytes: the low
 # nibble of byte $j$ is weight $j$, the high nibble weight $j + 16$.
 
 # %%
@@ -280,8 +281,7 @@ glue("s5_2_perm_wrong", wrong_diff, ".0f")
 # ## The tokenizer and the chat template
 #
 # SmolLM2's tokenizer is a byte-level BPE like the one of {doc}`section 4.1
-# <../04_pretraining/01_tokenization>`, with GPT-2's pre-tokenization pattern, but its
-# vocabulary and merges come from the file (`tokenizer.ggml.tokens` and `.merges`). Token
+# <../04_pretraining/01_tokenization>`, but its vocabulary and merges come from the file (`tokenizer.ggml.tokens` and `.merges`). Token
 # strings spell bytes with GPT-2's printable alphabet: `Ġ` is a space, `Ċ` a newline.
 # `dlbook.bpe_gguf.GGUFBPETokenizer` subclasses the library's tokenizer, replacing only the
 # bookkeeping of ids. The first 17 ids are control tokens (`<|endoftext|>`, `<|im_start|>`,
@@ -303,8 +303,10 @@ glue("s5_2_special_error",
 print(tokenizer.encode("hi<|im_end|>", allowed_special={"<|im_end|>"}))
 
 # %% [markdown]
-# No merge involves a digit, so `12345` becomes five tokens: the model sees numbers digit by
-# digit. Text that contains a special token is refused unless allowed ("{glue}`s5_2_special_error`").
+# No merge involves a digit (asserted), so a number is spelled digit by digit, as the printed
+# tokens of `12345` show. SmolLM2's published tokenizer splits digits apart before BPE (the file
+# names its pre-tokenizer `smollm`); ours pre-tokenizes with GPT-2's pattern, which keeps
+# digits together, and gets the same ids because no merge could join them. Text that contains a special token is refused unless allowed ("{glue}`s5_2_special_error`").
 #
 # An instruction-tuned model was trained on conversations laid out in a fixed **chat
 # template**, and is prompted in the same layout. SmolLM2 uses ChatML: every
@@ -390,6 +392,19 @@ assert max_diff < 1e-3
 glue("s5_2_logit_diff", max_diff, ".0e")
 glue("s5_2_logit_scale", scale, ".0f")
 
+# Every logit of the last position, ours against the reference's, and all differences.
+last_ours, last_ref = logits_ours[0, -1], logits_ref[0, -1]  # (V,)
+diffs = (logits_ours - logits_ref).abs().flatten()
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+ax1.scatter(last_ref, last_ours, s=2, alpha=0.3)
+ax1.plot([last_ref.min(), last_ref.max()], [last_ref.min(), last_ref.max()], "k--", lw=0.8)
+ax1.set(xlabel="transformers' logit", ylabel="dlbook logit",
+        title=f"next-token logits ({len(last_ref):,} tokens)")
+ax2.hist(diffs.clamp_min(1e-9).log10().numpy(), bins=60)
+ax2.set(xlabel="log10 |difference|", ylabel="logits", title="all positions")
+fig.tight_layout()
+plt.show()
+
 n_new = pick(smoke=4, book=64)
 greedy_ours = model.generate(ids, n_new, temperature=0)[0, ids.shape[1]:]
 with torch.no_grad():
@@ -402,7 +417,8 @@ glue("s5_2_greedy_n", n_new)
 # %% [markdown]
 # The logits differ by at most {glue}`s5_2_logit_diff` on values up to
 # {glue}`s5_2_logit_scale` (float32 rounding: the two compute the same products in a different
-# order), and the greedy answers agree for all {glue}`s5_2_greedy_n` new tokens.
+# order; in the figure every point lies on the diagonal), and the greedy answers agree for
+# all {glue}`s5_2_greedy_n` new tokens.
 #
 # ## Generation speed on a CPU
 #

@@ -20,7 +20,7 @@
 # 3. the **top $k$ layers** and the head (the rest frozen);
 # 4. **full fine-tuning** of every parameter.
 #
-# and measures, for each, accuracy, macro-F1, the parameters that train, the memory the
+# and measures, for each, accuracy, macro-F1 (a per-class score defined below), the parameters that train, the memory the
 # optimizer keeps, and the time per training step. It ends with the confusion matrix and a look
 # at the documents the best model gets wrong.
 
@@ -201,8 +201,8 @@ glue("s5_3_top_k", config.top_k)
 # caches the trained parameters, the test predictions and the measurements under
 # `dlbook.config.cache_dir()`, keyed by a hash of the configuration, so that later sections
 # reuse them. The numbers of steps were sized from the measured time per step: a full step
-# costs {glue}`s5_3_full_vs_top_time` times a top-$k$ step (measured below), so full
-# fine-tuning gets fewer steps than the others.
+# costs {glue}`s5_3_full_vs_top_time` times a top-$k$ step (measured below), so in the
+# `book` profile full fine-tuning gets fewer steps than the others.
 
 # %%
 runs = {m: finetuned_r8_classifier(m) for m in ("frozen", "top", "full")}
@@ -288,15 +288,16 @@ if checks_enabled():
 #   {glue}`s5_3_top_ms` ms per step.
 # * **Full fine-tuning**: all {glue}`s5_3_total_params` M parameters train, and AdamW keeps
 #   {glue}`s5_3_full_state_mb` MB of state (two moments per parameter); a step takes
-#   {glue}`s5_3_full_ms` ms, {glue}`s5_3_full_vs_top_time` times a top-$k$ step, so it got
-#   only {glue}`s5_3_full_steps` steps; accuracy {glue}`s5_3_full_acc`, macro-F1
+#   {glue}`s5_3_full_ms` ms, {glue}`s5_3_full_vs_top_time` times a top-$k$ step, so in the
+#   `book` profile it got only {glue}`s5_3_full_steps` steps; accuracy {glue}`s5_3_full_acc`, macro-F1
 #   {glue}`s5_3_full_f1`.
 #
 # The optimizer state grows exactly with the trained parameters, 8 bytes each for AdamW in
 # float32 (asserted above), plus 4 bytes per trained parameter for its gradient. For large
 # models that memory, more than the arithmetic, is what keeps full fine-tuning off small
 # machines, and it is what the next section, LoRA, attacks. Macro-F1 is below accuracy for
-# every method: the rare classes are recognised less well than the big ones.
+# every fine-tuned model (asserted), a sign that the rare classes are recognised less well than
+# the big ones.
 #
 # ## Where the errors are
 #
@@ -365,8 +366,8 @@ if checks_enabled():
 #   mean-pooled MiniLM states and a linear layer to 8 topics.
 # * What trains is a choice: the head alone on a frozen encoder, the top $k$ layers, or
 #   everything. Frozen layers need to run only once over the data; their outputs are cached.
-# * On R8 ({numref}`tab-5-3-results`) the frozen encoder with a linear head is by far the
-#   cheapest per step; the best accuracy, {glue}`s5_3_best_acc`, comes from
+# * On R8 ({numref}`tab-5-3-results`) the frozen encoder with a linear head is the cheapest per
+#   step; the best accuracy, {glue}`s5_3_best_acc`, comes from
 #   {glue}`s5_3_best`. A TF-IDF baseline that reads whole documents is strong on this task
 #   ({glue}`s5_3_tfidf_acc`).
 # * The optimizer's memory is proportional to what trains, 8 bytes per parameter for AdamW:

@@ -308,7 +308,7 @@ glue("s5_4_n_total", n_total / 1e6, ".1f")
 #
 # To see LoRA learn something, the model needs text it does not already predict well, and an
 # honest test needs text it has not trained on. Every Python installation ships the reference
-# manual's topics (`pydoc_data.topics`: the entries `help()` shows, from `assert` to `with`). We
+# manual's topics (`pydoc_data.topics`: the entries `help()` shows, such as `assert` and `with`). We
 # split them **by topic**: every fifth topic in alphabetical order is held out, so the held-out
 # loss measures how well the model predicts Python-documentation prose about subjects it did not
 # train on, not how well it memorised pages.
@@ -502,13 +502,16 @@ if checks_enabled():
 # token. Every rank lowers it (asserted): to {glue}`s5_4_after_r1` at $r = 1$, where
 # {glue}`s5_4_frac_r1` of the parameters train, and to {glue}`s5_4_after_r16` at $r = 16$
 # ({glue}`s5_4_frac_r16`). The best rank of this run is $r =$ {glue}`s5_4_best_r`, a gain of
-# {glue}`s5_4_best_gain` nats against {glue}`s5_4_r1_gain` for $r = 1$: on unseen topics of the
-# same documentation, after {glue}`s5_4_steps` steps, even a rank-1 update of each attention
-# projection captures a good part of what there is to learn. (This is one seed and short runs:
+# {glue}`s5_4_best_gain` nats against {glue}`s5_4_r1_gain` for $r = 1$: the two gains show how much
+# of what {glue}`s5_4_steps` steps can learn about unseen topics of the same documentation a
+# rank-1 update of each attention projection already captures. (This is one seed and short runs:
 # do not over-read small differences between ranks. Exercise 3 looks at how much of its rank a
 # trained adapter uses.) A training step took between
-# {glue}`s5_4_step_min` and {glue}`s5_4_step_max` s whatever the rank, on the machine that built
-# this page: the frozen model's forward and backward passes dominate, not the adapters. The backward pass must still run through the whole network, because the
+# {glue}`s5_4_step_min` and {glue}`s5_4_step_max` s across the ranks, on the machine that built
+# this page. An adapter of rank $r$ on a $d_\text{out} \times d_\text{in}$ layer costs
+# $r(d_\text{in} + d_\text{out})$ multiply-adds per token against the layer's
+# $d_\text{in} d_\text{out}$, so the frozen model's forward and backward passes are most of the
+# work at every rank. The backward pass must still run through the whole network, because the
 # adapters of the first block need the gradient that arrives from the last one; what LoRA saves
 # is the *weight* gradients of the frozen matrices and their optimizer state.
 #
@@ -565,8 +568,8 @@ glue("s5_4_model_mb", model_bytes / mb, ".0f")
 # A fine-tuned variant is now just its LoRA tensors. `dlbook.lora.save_adapter`
 # writes them as a safetensors file, atomically, with the rank, $\alpha$, the adapted layers
 # and a fingerprint of the base model's architecture in its metadata;
-# `dlbook.lora.load_adapter` checks all of them before it copies anything. The rank-8
-# adapter of the sweep, loaded into the pretrained model, reproduces the held-out loss measured
+# `dlbook.lora.load_adapter` checks all of them before it copies anything. One adapter of the
+# sweep (rank 8 in the `book` profile), loaded into the pretrained model, reproduces the held-out loss measured
 # when it was trained, merged or not:
 
 # %%

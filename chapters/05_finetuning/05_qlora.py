@@ -214,7 +214,8 @@ assert growth["per-tensor"] > 5
 # levels at **quantiles** of the standard normal distribution, so that each level is used about
 # equally often {cite:p}`dettmers2023qlora`. Quantiles of the full range would include
 # $\Phi^{-1}(0)$ and $\Phi^{-1}(1)$, which are infinite; the levels are therefore taken at
-# probabilities from $1 - \delta$ to $\delta$ with $\delta = 0.9677083$ (bitsandbytes' constant,
+# probabilities from $1 - \delta$ to $\delta$ with $\delta = 0.9677083$ (the constant of bitsandbytes, the
+# library that implements QLoRA's 4-bit types for PyTorch;
 # the midpoint between $1 - \tfrac{1}{2 \cdot 15}$ and $1 - \tfrac{1}{2 \cdot 16}$) and scaled
 # so the largest is 1.
 #
@@ -367,7 +368,9 @@ glue("s5_5_dq_rel", rel_error(t_dq.dequantize(), W) / e_nf4 - 1, ".2%")
 # the embedding (one matrix for both; quantising it would either change the embedding or store
 # it twice). `quantize_model` detects the tie and skips that layer. In SmolLM2 that table is
 # {glue}`s5_5_embed_share` of the {glue}`s5_5_params` M parameters; in a 7 B model it is a few
-# per cent (Llama 2 7B: $32{,}000 \times 4{,}096$ of 6.7 B parameters, {glue}`s5_5_llama_embed`).
+# per cent (Llama 2 7B: $32{,}000 \times 4{,}096$ of 6.7 B parameters, {glue}`s5_5_llama_embed`;
+# its output layer is a second matrix of that size, not tied, which QLoRA setups also usually
+# keep in 16 bits).
 
 # %%
 int8_model = copy.deepcopy(model)
@@ -528,8 +531,8 @@ glue("s5_5_n_passes", n_passes)
 # {glue}`s5_5_time_nf4` s in NF4 (wall-clock times on the machine that built this page). In
 # training, autograd also keeps each dequantised float weight until the backward pass, which
 # needs it to send gradients to the earlier layers: this simple version saves memory at rest,
-# not during a training step. QLoRA trades time for memory, and on a CPU the trade is plainly
-# visible.
+# not during a training step. QLoRA trades time for memory; the
+# times above show what the trade costs on this machine.
 #
 # ## QLoRA: LoRA on the frozen NF4 model
 #
@@ -597,8 +600,8 @@ if checks_enabled():
 # gap that quantisation opened, so the adapted 4-bit model now does *better* than the float32
 # one ({glue}`s5_5_ppl_float32`). Read that with care: the adapters learn the *domain* (the
 # style of the Python documentation, from topics other than the held-out ones) as well as
-# compensate for the rounding, and the float32 model with the same adapters would improve too
-# (exercise 4). What the run shows is the QLoRA claim in miniature: a frozen 4-bit base is a
+# compensate for the rounding, and the float32 model trained with the same adapters may well improve too
+# (exercise 4 asks you to measure it). The run is consistent with the QLoRA claim in miniature: a frozen 4-bit base is a
 # good starting point for fine-tuning, because the adapters, kept in full precision, are
 # trained through the quantised weights and so learn around their errors.
 #
@@ -615,7 +618,8 @@ if checks_enabled():
 # * Blocks of 64 confine outliers; two codes share a byte; double quantisation stores the block
 #   scales in 8 bits: 4.5 → about 4.127 bits per weight, counted from the stored tensors.
 # * On SmolLM2, int8 weights cost almost nothing in perplexity, NF4 a measurable amount, and
-#   dequantising on the fly adds {glue}`s5_5_dequant_s` s to every forward pass on a CPU.
+#   dequantising on the fly costs time on every forward pass ({glue}`s5_5_dequant_s` s per
+#   pass here).
 # * QLoRA trains LoRA adapters through the frozen NF4 weights; a short run on in-domain text
 #   lowered the held-out loss by {glue}`s5_5_recovered` of the gap that NF4 had opened.
 #
