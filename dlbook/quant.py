@@ -312,7 +312,28 @@ def _check_linear(linear: nn.Module, who: str) -> None:
         raise TypeError(f"{who} quantises an nn.Linear, got {type(linear).__name__}")
 
 
-class Int8Linear(nn.Module):
+class _DequantizingLinear(nn.Module):
+    """A frozen linear layer kept quantised in buffers and de-quantised on every call.
+
+    Subclasses store their weight as buffers (plus ``bias``, or ``None``) and define
+    ``dequantized_weight() -> (out_features, in_features)``.
+    """
+
+    bias: torch.Tensor | None
+
+    def dequantized_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.dequantized_weight().to(x.dtype)
+        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def nbytes(self) -> int:
+        """Bytes of the stored buffers: quantised weight, its constants and the bias."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+class Int8Linear(_DequantizingLinear):
     """A frozen linear layer whose weight is stored as int8 with one absmax per output row.
 
     ``forward(x (…, in_features)) → (…, out_features)`` dequantises the weight to ``x``'s dtype
@@ -334,19 +355,11 @@ class Int8Linear(nn.Module):
         """The weight in float32, ``(out_features, in_features)``."""
         return absmax_dequantize(self.qweight, self.absmax)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantized_weight().to(x.dtype)
-        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
-
-    def nbytes(self) -> int:
-        """Bytes of the stored weight, scales and bias."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-row"
 
 
-class NF4Linear(nn.Module):
+class NF4Linear(_DequantizingLinear):
     """A frozen linear layer whose weight is stored as block-wise NF4 (the QLoRA base layer).
 
     ``forward(x (…, in_features)) → (…, out_features)`` dequantises the whole weight (4-bit codes
@@ -395,14 +408,6 @@ class NF4Linear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         """The weight in its original dtype, ``(out_features, in_features)``."""
         return self.nf4().dequantize()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.dequantized_weight().to(x.dtype)
-        return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
-
-    def nbytes(self) -> int:
-        """Bytes of the stored codes, constants and bias."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
 
     def extra_repr(self) -> str:
         dq = f", double-quantised (block {self.dq_block_size})" if self.double_quant else ""
