@@ -153,7 +153,9 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        cache = model.new_cache() if use_cache else None
+        # A cache only as long as this call can fill (not block_size positions per row).
+        needed = min(block_size, idx.shape[1] + int(max_new_tokens))
+        cache = model.new_cache(max(needed, 1)) if use_cache else None
         finished = torch.zeros(idx.shape[0], 1, dtype=torch.bool, device=idx.device)
         last_stop = torch.zeros_like(finished, dtype=torch.long)
         for _ in range(int(max_new_tokens)):

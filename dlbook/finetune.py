@@ -28,13 +28,12 @@ Shapes: ``B`` batch, ``T`` tokens, ``C`` model width, ``K`` classes, ``N`` docum
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from safetensors.torch import save_file
@@ -43,7 +42,16 @@ from tqdm import tqdm
 
 from dlbook.artifacts import cached_run
 from dlbook.checkpoint import CheckpointError, atomic_write, read_json, read_safetensors
-from dlbook.config import PROFILES
+from dlbook.config import (
+    PROFILES,
+    Dropout,
+    Interval,
+    NonNegativeInt,
+    PositiveFloat,
+    UnitFloat,
+    check_int,
+    validate_config,
+)
 from dlbook.config import profile as active_profile
 from dlbook.schedules import warmup_cosine_scheduler
 
@@ -119,8 +127,7 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
-        if isinstance(n_classes, bool) or int(n_classes) != n_classes or n_classes < 2:
-            raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        check_int("n_classes", n_classes, low=2)
         if not hasattr(encoder, "hidden_states") or not hasattr(encoder, "blocks"):
             raise TypeError(
                 f"{type(encoder).__name__} is not a TransformerEncoder: it needs "
@@ -300,8 +307,7 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_len: int) -> list[lis
     """
     if isinstance(texts, str):
         raise TypeError("encode_texts takes a list of texts")
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 3:
-        raise ValueError(f"max_len must be an integer >= 3, got {max_len!r}")
+    check_int("max_len", max_len, low=3)
     return [
         tokenizer.encode_with_types(" ".join(t.split()[:max_len]), max_length=max_len)[0]
         for t in texts
@@ -325,8 +331,7 @@ def length_batches(
     Returns:
         A list of batches, each a list of indices into ``lengths``; every index once.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     n = len(lengths)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     lens = torch.as_tensor(list(lengths), dtype=torch.long)[order]
@@ -383,29 +388,16 @@ class TrainConfig:
 
     steps: int
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: PositiveFloat = 5e-5
     head_lr: float = 0.0
     weight_decay: float = 0.01
-    warmup_frac: float = 0.1
-    min_lr_ratio: float = 0.0
+    warmup_frac: UnitFloat = 0.1
+    min_lr_ratio: UnitFloat = 0.0
     clip_norm: float = 1.0
-    seed: int = 0
+    seed: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        for name in ("head_lr", "weight_decay", "clip_norm"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        for name in ("warmup_frac", "min_lr_ratio"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        validate_config(self)  # every field by its annotation
 
 
 @dataclass
@@ -691,37 +683,24 @@ class R8Config:
     """
 
     method: Literal["frozen", "top", "full"] = "full"
-    top_k: int = 2
+    top_k: NonNegativeInt = 2
     model: str = "minilm-l6"
     pooling: Literal["mean", "cls"] = "mean"
-    max_len: int = 128
-    n_train: int = 0
-    n_test: int = 0
+    max_len: Annotated[int, Interval("[3, inf)")] = 128
+    n_train: NonNegativeInt = 0
+    n_test: NonNegativeInt = 0
     steps: int = 100
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: PositiveFloat = 5e-5
     head_lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup_frac: float = 0.1
+    warmup_frac: UnitFloat = 0.1
     clip_norm: float = 1.0
-    dropout: float = 0.1
-    seed: int = 0
+    dropout: Dropout = 0.1
+    seed: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
-        for name in ("top_k", "n_train", "n_test"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or \
-                self.max_len < 3:
-            raise ValueError(f"max_len must be an integer >= 3, got {self.max_len!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
-        self.train_config()  # validates the optimizer's fields
+        validate_config(self)  # every field by its annotation, the optimizer's included
 
     def train_config(self) -> TrainConfig:
         """The optimizer settings as a :class:`TrainConfig`."""

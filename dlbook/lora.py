@@ -47,6 +47,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dlbook.checkpoint import atomic_write
+from dlbook.config import check_int
 
 #: Version of the adapter file layout written by :func:`save_adapter`.
 ADAPTER_FORMAT = "dlbook-lora-1"
@@ -88,8 +89,7 @@ class LoRALinear(nn.Module):
                 f"{type(base).__name__} is not linear-like: LoRALinear needs a module with "
                 "in_features and out_features attributes"
             )
-        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-            raise ValueError(f"rank r must be an integer >= 1, got {r!r}")
+        check_int("rank r", r)
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         if not 0.0 <= dropout < 1.0:

@@ -106,12 +106,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     Args:
         x: ``(..., T, D)`` with ``D`` even (queries or keys of one or more heads).
-        cos, sin: ``(T, D/2)``, the cosines and sines of the angles :math:`p\,\theta_i`.
+        cos, sin: ``(T, D/2)``, the cosines and sines of the angles :math:`p\,\theta_i`
+            (or ``(B, 1, T, D/2)``: one set of positions per sequence, for ``x (B, H, T, D)``).
 
     Returns:
         ``(..., T, D)``, the same dtype as ``x``.
     """
-    if x.shape[-1] % 2 != 0 or cos.shape != (x.shape[-2], x.shape[-1] // 2):
+    if x.shape[-1] % 2 != 0 or cos.shape[-2:] != (x.shape[-2], x.shape[-1] // 2):
         raise ValueError(
             f"apply_rope needs x (..., T, D) with D even and cos/sin (T, D/2); got x "
             f"{tuple(x.shape)}, cos {tuple(cos.shape)}"
@@ -141,9 +142,21 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Rotate ``x (..., T, head_dim)`` as if its first position were ``offset``."""
+    def forward(
+        self, x: torch.Tensor, offset: int = 0, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Rotate ``x (..., T, head_dim)`` as if its first position were ``offset``, or, given
+        ``positions (B, T)`` (integers), ``x (B, H, T, head_dim)`` at those positions."""
         t = x.shape[-2]
+        if positions is not None:
+            if positions.shape != (x.shape[0], t) or x.dim() != 4:
+                raise ValueError(
+                    f"positions must be (B, T) = {(x.shape[0], t)} for x (B, H, T, D), got "
+                    f"{tuple(positions.shape)} for x {tuple(x.shape)}"
+                )
+            if int(positions.max()) >= self.max_seq_len or int(positions.min()) < 0:
+                raise ValueError(f"positions must lie in [0, {self.max_seq_len})")
+            return apply_rope(x, self.cos[positions][:, None], self.sin[positions][:, None])
         if offset + t > self.max_seq_len:
             raise ValueError(
                 f"positions {offset}..{offset + t - 1} exceed max_seq_len={self.max_seq_len}"
@@ -225,6 +238,40 @@ class KVCache:
         )
 
 
+# --------------------------------------------------------------------------- packed sequences
+
+
+def check_segments(segments: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless ``segments`` is an integer tensor of ``shape`` ``(B, T)``
+    whose labels never decrease along a row (each packed example is one contiguous run)."""
+    if segments.shape != shape or segments.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"segments must be integer labels of shape {shape}, got {segments.dtype} "
+            f"{tuple(segments.shape)}"
+        )
+    if segments.shape[1] > 1 and bool((segments[:, 1:] < segments[:, :-1]).any()):
+        raise ValueError("segment labels must not decrease along a row (one run per example)")
+
+
+def segment_positions(segments: torch.Tensor) -> torch.Tensor:
+    """Position of each token within its segment: ``(B, T)`` labels → ``(B, T)`` positions that
+    restart at 0 where the label changes (``[[0, 0, 0, 1, 1]] → [[0, 1, 2, 0, 1]]``)."""
+    b, t = segments.shape
+    index = torch.arange(t, device=segments.device).expand(b, t)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - first
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(B, 1, T, T)``: query ``i`` may attend to key ``j`` iff both carry the same
+    segment label and ``j <= i`` (causal attention that never crosses an example boundary)."""
+    t = segments.shape[1]
+    same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
+    return (same & causal_mask(t, device=segments.device))[:, None]
+
+
 # --------------------------------------------------------------------------- multi-head attention
 
 
@@ -277,10 +324,14 @@ class MultiHeadAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def _heads(
-        self, x: torch.Tensor, rope: RotaryEmbedding | None, offset: int = 0
+        self,
+        x: torch.Tensor,
+        rope: RotaryEmbedding | None,
+        offset: int = 0,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project ``x (B, T, C)`` to ``q (B, H, T, D)`` and ``k, v (B, H_kv, T, D)`` (RoPE
-        applied to q, k, the first position of ``x`` being ``offset``)."""
+        applied to q, k, the first position of ``x`` being ``offset``, or at ``positions``)."""
         if x.dim() != 3 or x.shape[-1] != self.n_embd:
             raise ValueError(f"expected input (B, T, {self.n_embd}), got {tuple(x.shape)}")
         b, t, _ = x.shape
@@ -288,7 +339,7 @@ class MultiHeadAttention(nn.Module):
         q = q.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
         k, v = (z.view(b, t, self.n_kv_head, self.head_dim).transpose(1, 2) for z in (k, v))
         if rope is not None:
-            q, k = rope(q, offset), rope(k, offset)
+            q, k = rope(q, offset, positions), rope(k, offset, positions)
         return q, k, v
 
     def _mask(self, key_padding_mask: torch.Tensor | None, t: int) -> torch.Tensor | None:
@@ -308,6 +359,7 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         rope: RotaryEmbedding | None = None,
         kv: LayerKV | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Map ``x (B, T, C)`` to ``(B, T, C)``.
 
@@ -319,11 +371,21 @@ class MultiHeadAttention(nn.Module):
             kv: optional key/value cache of this layer (section 4.4): ``x`` holds the positions
                 that follow the ``kv.length`` cached ones; its keys and values are appended and
                 its queries attend to every cached position as well.
+            segments: optional integer ``(B, T)`` labels of packed examples (section 5.6): a
+                token attends only within its own segment (causally), and RoPE positions
+                restart at 0 at each segment, so each example is computed as if alone.
 
         Raises:
-            ValueError: a ``key_padding_mask`` together with ``kv`` (the cached path has no
-                padding masks: it would need one over the cached positions too).
+            ValueError: a ``key_padding_mask`` or ``segments`` together with ``kv`` (the cached
+                path has no masks: it would need them over the cached positions too), or
+                both ``key_padding_mask`` and ``segments``.
         """
+        if segments is not None:
+            if kv is not None or key_padding_mask is not None:
+                raise ValueError("segments cannot be combined with kv or key_padding_mask")
+            check_segments(segments, tuple(x.shape[:2]))
+            q, k, v = self._heads(x, rope, positions=segment_positions(segments))
+            return self._attend(x, q, k, v, segment_mask(segments), is_causal=False)
         if kv is not None:
             if key_padding_mask is not None:
                 raise ValueError(
@@ -333,13 +395,26 @@ class MultiHeadAttention(nn.Module):
             return self._forward_cached(x, rope, kv)
         q, k, v = self._heads(x, rope)
         mask = self._mask(key_padding_mask, x.shape[1])
+        return self._attend(x, q, k, v, mask, is_causal=self.causal and mask is None)
+
+    def _attend(
+        self,
+        x: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        """Attention of ``q (B, H, T, D)`` over ``k, v (B, H_kv, T, D)`` with a boolean mask
+        (or the causal flag), heads concatenated and projected: ``(B, T, C)`` like ``x``."""
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and mask is None,
+            is_causal=is_causal,
             enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(x.shape)  # concatenate the heads: (B, T, C)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dlbook.config import Dropout, Interval, NonNegativeInt
-from dlbook.nn.attention import KVCache, RotaryEmbedding
+from dlbook.nn.attention import KVCache, RotaryEmbedding, check_segments, segment_positions
 from dlbook.nn.losses import token_cross_entropy
 from dlbook.nn.transformer import block_stack, check_block_config, check_ids, make_norm
 
@@ -132,6 +132,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segments: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits ``(B, T, V)`` for the next token at every position, and the mean cross-entropy
         against ``targets (B, T)`` when given (:data:`~dlbook.nn.losses.IGNORE_INDEX`, ``-100``,
@@ -140,11 +141,37 @@ class GPT(nn.Module):
         With a ``cache`` (from :meth:`new_cache`), ``idx`` holds the tokens that follow the
         ``cache.length`` positions already cached; their keys and values are added to it.
 
+        With ``segments (B, T)`` (integer labels, constant along each packed example), every
+        example is computed as if it were alone: attention stays inside its segment and
+        positions restart at 0 (section 5.6, packing).
+
         Raises:
             ValueError: ``T`` (plus the cached positions) ``> block_size``, ids outside
-                ``[0, V)``, or mis-shaped targets.
+                ``[0, V)``, mis-shaped targets or segments, or segments with a cache.
+        """
+        logits = self.lm_head(self.features(idx, cache, segments))  # (B, T, V)
+        if targets is None:
+            return logits, None
+        loss = token_cross_entropy(logits, targets)  # checks the shape; skips IGNORE_INDEX
+        return logits, loss
+
+    def features(
+        self,
+        idx: torch.Tensor,
+        cache: KVCache | None = None,
+        segments: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final normalised hidden states ``(B, T, C)`` that :meth:`forward` maps to logits.
+
+        Fine-tuning losses that need the next-token distribution at a few positions only (the
+        answer tokens of section 5.6) apply ``lm_head`` to those rows instead of all ``T``: the
+        head is about a fifth of SmolLM2's compute. Arguments and errors as :meth:`forward`.
         """
         c = self.config
+        if segments is not None:
+            if cache is not None:
+                raise ValueError("segments (packed examples) cannot be used with a cache")
+            check_segments(segments, tuple(idx.shape))
         start = 0 if cache is None else cache.length
         if cache is not None and start + idx.shape[-1] > c.block_size:
             raise ValueError(
@@ -154,15 +181,15 @@ class GPT(nn.Module):
         check_ids(idx, c.vocab_size, c.block_size)
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + idx.shape[1], device=idx.device))
+            if segments is not None:
+                x = x + self.wpe(segment_positions(segments))
+            else:
+                x = x + self.wpe(torch.arange(start, start + idx.shape[1], device=idx.device))
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope=self.rope, kv=None if cache is None else cache.layers[i])
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
-        if targets is None:
-            return logits, None
-        loss = token_cross_entropy(logits, targets)  # checks the shape; skips IGNORE_INDEX
-        return logits, loss
+            kv = None if cache is None else cache.layers[i]
+            x = block(x, rope=self.rope, kv=kv, segments=segments)
+        return self.ln_f(x)
 
     def generate(
         self,

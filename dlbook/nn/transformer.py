@@ -167,14 +167,16 @@ class TransformerBlock(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         rope: RotaryEmbedding | None = None,
         kv: LayerKV | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Map ``x (B, T, C)`` to ``(B, T, C)``; ``key_padding_mask (B, T)`` is ``True`` for
         real tokens; ``rope`` optionally rotates queries and keys; ``kv`` is this layer's
-        key/value cache (see :meth:`MultiHeadAttention.forward`)."""
+        key/value cache; ``segments (B, T)`` labels packed examples (see
+        :meth:`MultiHeadAttention.forward`)."""
         if self.norm_first:
-            x = x + self.attn(self.norm1(x), key_padding_mask, rope, kv)
+            x = x + self.attn(self.norm1(x), key_padding_mask, rope, kv, segments)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, key_padding_mask, rope, kv))
+        x = self.norm1(x + self.attn(x, key_padding_mask, rope, kv, segments))
         return self.norm2(x + self.mlp(x))
 
 
