@@ -1,0 +1,670 @@
+# %% [markdown]
+# # Reinforcement learning from verifiable rewards
+#
+# Supervised fine-tuning ({doc}`06_sft`) shows the model the right answer and asks it to
+# imitate. Reinforcement learning (RL) never shows the answer: the model writes its own
+# attempts, a **reward** scores each, and the training makes the well-scored attempts more
+# likely. That needs no demonstrations, only a way to judge, and for questions with a
+# checkable answer (arithmetic, unit conversions, code with tests) the judge can be a short
+# program: a **verifiable reward**. The algorithm of this section is **GRPO**, *group relative
+# policy optimisation*, introduced with DeepSeekMath {cite:p}`shao2024deepseekmath` (which
+# paired it with a learned reward model; it works the same with a rule), a variant of PPO
+# {cite:p}`schulman2017proximal` that needs no value network.
+#
+# This section writes the pieces from scratch in `dlbook.rl`: the policy-gradient estimate and
+# why a baseline helps, PPO's clipped objective, GRPO's group-relative advantages and its KL
+# estimate, and a rule-based reward. It then trains the SFT model of {doc}`06_sft` with GRPO on
+# two of its task families, plots the reward, and compares held-out accuracy before and after;
+# the short run a CPU affords fails, and the failure shows what RL needs.
+# The last part relates all this to RLHF with a *learned* reward model, and to DPO
+# ({doc}`07_dpo`).
+
+# %%
+import json
+import math
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from scipy.stats import binomtest
+
+from dlbook import checks_enabled, pick, seed_everything
+from dlbook.artifacts import cached_run
+from dlbook.book import error_message, glue
+from dlbook.checkpoint import read_json
+from dlbook.data.tasks import Task, exact_match, make_tasks, reward, well_formed
+from dlbook.device import get_device
+from dlbook.hub import load
+from dlbook.lora import apply_lora
+from dlbook.rl import (
+    GRPOConfig,
+    book_grpo_config,
+    group_advantages,
+    grpo_loss,
+    grpo_run,
+    grpo_train,
+    kl_estimate,
+    prompt_ids,
+    rollout_batch,
+    stop_token,
+)
+from dlbook.sft import book_sft_config, load_sft_model, sft_run
+
+generator = seed_everything(0)
+
+# %% [markdown]
+# ## The policy gradient
+#
+# A language model is a **policy** $\pi_\theta$: given a prompt $x$ it samples a completion
+# $y$, token by token. A reward $r(x, y)$ scores the completion, and RL maximises the expected
+# reward $J(\theta) = \mathbb{E}_{y \sim \pi_\theta}[r(x, y)]$. The reward is a black box (a
+# program, a person), so we cannot backpropagate through it. The **log-derivative trick**
+# turns the gradient of an expectation into an expectation we can sample
+# {cite:p}`williams1992simple`:
+#
+# $$
+# \nabla_\theta J = \sum_y r(y)\, \nabla_\theta \pi_\theta(y)
+# = \sum_y \pi_\theta(y)\, r(y)\, \nabla_\theta \log \pi_\theta(y)
+# = \mathbb{E}_{y \sim \pi_\theta}\big[r(y)\, \nabla_\theta \log \pi_\theta(y)\big].
+# $$
+#
+# Sample completions, weight the gradient of each one's log-likelihood by its reward: this is
+# REINFORCE. For a sequence, $\log \pi_\theta(y) = \sum_t \log \pi_\theta(y_t \mid x,
+# y_{<t})$, so the gradient is that of the supervised loss on the model's *own* samples,
+# each weighted by its reward. Subtracting a **baseline** $b$ that does not depend on $y$
+# leaves the expectation unchanged, because $\mathbb{E}[\nabla \log \pi_\theta(y)] = \sum_y
+# \nabla \pi_\theta(y) = \nabla 1 = 0$, but it can shrink the variance a lot. The weight $r -
+# b$ is the **advantage**: how much better this sample was than expected.
+#
+# A check on a policy over four actions, where the exact gradient is known: average the
+# estimate over many samples, with and without the mean reward as the baseline.
+
+# %%
+theta = torch.tensor([0.5, 0.0, -0.5, 1.0], requires_grad=True)
+r_actions = torch.tensor([1.0, 0.0, 0.1, 0.1])
+exact = torch.autograd.grad((theta.softmax(0) * r_actions).sum(), theta)[0]
+
+probs = theta.detach().softmax(0)
+n_samples = 20_000
+actions = torch.multinomial(probs, n_samples, replacement=True, generator=generator)
+score = torch.eye(4)[actions] - probs  # ∇θ log softmax(θ)[a] = onehot(a) - softmax(θ)
+baseline = (probs * r_actions).sum()
+per_sample = r_actions[actions, None] * score
+per_sample_b = (r_actions[actions, None] - baseline) * score
+for name, g in [("exact", exact), ("REINFORCE", per_sample.mean(0)),
+                ("with baseline", per_sample_b.mean(0))]:
+    print(f"{name:14s}", np.round(g.numpy(), 4))
+var_plain = per_sample.var(0).sum().item()
+var_base = per_sample_b.var(0).sum().item()
+print(f"variance of one sample's estimate: {var_plain:.4f} without, {var_base:.4f} with baseline")
+glue("s5_8_var_ratio", var_plain / var_base, ".1f")
+assert torch.allclose(per_sample.mean(0), exact, atol=0.01)
+assert torch.allclose(per_sample_b.mean(0), exact, atol=0.01)
+assert var_base < var_plain / 1.5
+
+# %% [markdown]
+# Both averages match the exact gradient; the baseline divides the variance of a single
+# sample's estimate by {glue}`s5_8_var_ratio`. Variance is the central difficulty of policy
+# gradients: with a batch of a few dozen samples per step, as below, the noise of the estimate
+# can be larger than the signal.
+#
+# ## PPO's clipped objective
+#
+# REINFORCE uses each sample once, for one gradient step. To take several steps on the same
+# samples, the objective must account for the policy having moved since it sampled them. PPO
+# {cite:p}`schulman2017proximal` weights each token by the probability ratio
+# $\rho_t = \pi_\theta(y_t \mid \cdot) / \pi_{\theta_\text{old}}(y_t \mid \cdot)$ between
+# the current policy and the one that sampled, and **clips** it so that no single update moves
+# a token's probability far:
+#
+# $$
+# L^\text{clip}(\theta) = \mathbb{E}_t\Big[\min\big(\rho_t A_t,\;
+# \operatorname{clip}(\rho_t, 1 - \varepsilon, 1 + \varepsilon)\, A_t\big)\Big].
+# $$
+#
+# At $\rho_t = 1$ (right after sampling) the gradient of $\rho_t A_t$ is $A_t \nabla \log
+# \pi_\theta$, the policy gradient. The `min` makes the objective a pessimistic bound: once a
+# token with a positive advantage has become more than $1 + \varepsilon$ times as likely, or
+# one with a negative advantage less than $1 - \varepsilon$ times, the objective is flat and
+# the gradient zero; in the other direction, where the update went the wrong way, it is not
+# clipped. $\varepsilon = 0.2$ is the usual value. `dlbook.rl.grpo_loss` implements it
+# (negated, as a loss to minimise); its gradient on a single token:
+
+# %%
+rhos = torch.linspace(0.5, 1.5, 201)
+fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=False)
+one = torch.ones(1, 1, dtype=torch.bool)
+for ax, a in zip(axes, (1.0, -1.0), strict=True):
+    values, grads = [], []
+    for rho in rhos:
+        logp = torch.full((1, 1), math.log(rho.item()), requires_grad=True)
+        loss, _ = grpo_loss(logp, torch.zeros(1, 1), torch.tensor([a]), one, clip=0.2)
+        (-loss).backward()
+        values.append(-loss.item())
+        grads.append(logp.grad.item())
+    ax.plot(rhos, values, label="objective  min(ρA, clip(ρ)A)")
+    ax.plot(rhos, grads, "--", label="gradient w.r.t. log π")
+    ax.axvspan(0.8, 1.2, color="grey", alpha=0.15)
+    ax.set(xlabel="ratio ρ = π / π_old", title=f"advantage A = {a:+.0f}")
+    ax.legend(fontsize=8)
+    g = np.array(grads)
+    outside = (rhos.numpy() > 1.2) if a > 0 else (rhos.numpy() < 0.8)
+    assert np.all(g[outside] == 0) and np.all(g[~outside] != 0)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The grey band is $[1 - \varepsilon, 1 + \varepsilon]$. For $A > 0$ the gradient vanishes
+# to the right of it, for $A < 0$ to the left, and elsewhere it is $\rho A$ (the
+# gradient of $\rho A$ with respect to $\log \pi$ is $\rho A$ itself, so there the two
+# curves coincide). In PPO for language models
+# {cite:p}`ouyang2022training`, the advantages come from a **value network**, a second
+# language model with a scalar head (InstructGPT initialises it from the reward model) that
+# predicts the expected future reward at every token and is trained alongside the policy.
+#
+# ## GRPO: the group is the baseline
+#
+# GRPO drops the value network {cite:p}`shao2024deepseekmath`. For each prompt it samples a
+# *group* of $K$ completions, scores them, and uses the group's mean reward as the baseline:
+# the advantage of completion $i$ is its reward standardised within the group,
+#
+# $$
+# A_i = \frac{r_i - \operatorname{mean}(r_1, \dots, r_K)}{\operatorname{std}(r_1, \dots,
+# r_K)},
+# $$
+#
+# given to every token of that completion. The loss is PPO's clipped objective averaged over
+# each completion's tokens and then over the completions, minus a KL penalty that keeps the
+# policy near a reference $\pi_\text{ref}$ (the starting model). The KL is estimated per
+# sampled token with $\frac{\pi_\text{ref}}{\pi_\theta} - \log \frac{\pi_\text{ref}}
+# {\pi_\theta} - 1$, which is never negative and is unbiased {cite:p}`shao2024deepseekmath`.
+# `group_advantages` takes rewards as a `(G, K)` tensor, one row per prompt:
+
+# %%
+rewards = torch.tensor([[1.0, 0.1, 0.1, 1.0, 0.0, 0.1, 1.0, 0.1],  # mixed: a signal
+                        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])  # all right: no signal
+adv = group_advantages(rewards)
+print(np.round(adv.numpy(), 2))
+assert torch.allclose(adv[0].mean(), torch.tensor(0.0), atol=1e-6)
+assert abs(adv[0].std().item() - 1) < 1e-3 and torch.equal(adv[1], torch.zeros(8))
+empty_group = error_message(lambda: group_advantages(torch.empty(2, 0)))
+single = error_message(lambda: group_advantages(torch.tensor([[1.0], [0.0]])))
+print("empty group  →", empty_group)
+print("group of one →", single)
+assert "empty group" in empty_group and "K=1" in single
+glue("s5_8_empty_group", empty_group)
+
+# KL estimate: zero when the policies agree, positive otherwise
+logp_a = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+assert torch.equal(kl_estimate(logp_a, logp_a), torch.zeros(1, 3))
+assert (kl_estimate(logp_a, logp_a - 0.3) > 0).all()
+
+# %% [markdown]
+# In the first group, the three right answers get positive advantages and the wrong ones
+# negative; the second group, all right, gets zeros: when every completion scores the same,
+# there is nothing to prefer, and the prompt contributes no gradient (too easy or too hard
+# prompts are wasted samples). A group needs at least two completions, and an empty one is
+# refused with "{glue}`s5_8_empty_group`".
+#
+# ## A rule-based reward
+#
+# The tasks of {doc}`06_sft` have exact answers, so the reward is a rule
+# (`dlbook.data.tasks.reward`): **1** for the exact answer, a small **format bonus** of 0.1 for
+# a wrong answer in the requested form (a bare number or list), **0** for anything else.
+
+# %%
+task = Task("What is 47 + 38? Answer with the number only.", "85", "add")
+for completion in ["85", " 85\n", "84", "The answer is 85.", "85 apples"]:
+    print(f"{completion!r:22s} reward {reward(task, completion)}")
+assert [reward(task, c) for c in ["85", "84", "The answer is 85."]] == [1.0, 0.1, 0.0]
+
+# %% [markdown]
+# The rule is strict: "The answer is 85." is right but gets nothing, because the task asked for
+# the number only. Such a reward cannot be fooled the way a learned reward model can (see
+# below), but it can still reward the wrong thing, a point we return to under reward hacking.
+#
+# ## Training the SFT model with GRPO
+#
+# The policy starts from the SFT model of {doc}`06_sft` (its LoRA adapter merged into
+# SmolLM2-135M-Instruct), which is also the reference. A fresh LoRA adapter on top of it is
+# what GRPO trains. Each step:
+#
+# 1. takes $G$ training prompts and samples $K$ completions of each at temperature 1;
+# 2. scores them with the reward and standardises within each group;
+# 3. computes the log-probability of every completion token under the policy (the prompt is
+#    masked, as in SFT; the end-of-turn token is trained when the model produced it, since
+#    deciding to stop is part of the answer) and takes a gradient step on `grpo_loss`.
+#
+# Here is one rollout batch as the loss sees it: the prompt's positions carry no target.
+
+# %%
+base, tokenizer = load("smollm2-135m")
+STOP = stop_token(tokenizer)
+p_ids = prompt_ids(tokenizer, task)
+answer_ids = tokenizer.encode("85") + [STOP]
+idx, targets = rollout_batch([p_ids], [answer_ids], pad_id=STOP)
+n_target = int((targets != -100).sum())
+print(f"prompt {len(p_ids)} tokens, completion {len(answer_ids)}: {n_target} targets")
+assert n_target == len(answer_ids) and targets[0, -1].item() == STOP
+glue("s5_8_prompt_tokens", len(p_ids))
+
+# %% [markdown]
+# The templated prompt is {glue}`s5_8_prompt_tokens` tokens long (it includes SmolLM2's
+# default system message), the answer two or three: almost all of the compute of a training
+# step goes into prompts, which is why the run below is small.
+#
+# Which prompts to train on matters as much as the algorithm. A group teaches something only
+# if its samples differ in reward, so the prompts must be neither always solved nor never. Of
+# the four task families, `larger` is nearly always right when sampled and `convert` nearly
+# always wrong (it needs multiplications by 60 or 24, which the 135 M model cannot do; only
+# the factors 10, 100 and 1000 come out right): their groups are mostly uniform. `add` and
+# `sort` are right in some samples and wrong in others, so `dlbook.rl.grpo_run` trains on
+# those two. The run is cached like the SFT run, keyed by its configuration; before and after
+# it, the policy answers held-out questions of the same families greedily.
+
+# %%
+sft_config = book_sft_config()
+config = book_grpo_config()
+print(config)
+record, adapter_path = grpo_run(base, tokenizer, sft_config, config, device=get_device())
+h = {k: np.array(v) for k, v in record["history"].items()}
+steps = len(h["reward"])
+n_seq = config.groups * config.samples
+print(f"{steps} steps of {config.groups} × {config.samples} completions, "
+      f"{record['train_seconds']:.0f} s ({h['sample_seconds'].mean():.1f} s sampling and "
+      f"{(h['seconds'] - h['sample_seconds']).mean():.1f} s updating per step)")
+for i in range(steps):
+    print(f"step {i:3d}: reward {h['reward'][i]:.3f}  right {h['correct'][i]:.2f}  "
+          f"well-formed but wrong {h['formed_wrong'][i]:.2f}  length {h['length'][i]:.1f}  "
+          f"groups with signal {h['groups_with_signal'][i]:.0f}/{config.groups}")
+
+window = max(1, steps // 3)
+first, last = h["reward"][:window].mean(), h["reward"][-window:].mean()
+before, after = record["before"], record["after"]
+glue("s5_8_steps", steps)
+glue("s5_8_G", config.groups)
+glue("s5_8_K", config.samples)
+glue("s5_8_lr", config.lr, ".0e")
+glue("s5_8_trainable", record["trainable"], ",")
+glue("s5_8_train_s", record["train_seconds"], ".0f")
+glue("s5_8_window", window)
+glue("s5_8_reward_first", first, ".2f")
+glue("s5_8_reward_last", last, ".2f")
+glue("s5_8_signal", h["groups_with_signal"].mean() / config.groups, ".0%")
+step_sd = h["reward"].std(ddof=1)
+diff_se = step_sd * math.sqrt(2 / window)  # of the difference of two window means
+glue("s5_8_step_sd", step_sd, ".2f")
+glue("s5_8_diff_se", diff_se, ".2f")
+
+fig, ax = plt.subplots(figsize=(7, 3.8))
+x = np.arange(1, steps + 1)
+ax.plot(x, h["reward"], "o-", ms=3, alpha=0.5, label="mean reward of the step")
+k_ma = max(1, min(5, steps // 3))
+moving = np.convolve(h["reward"], np.ones(k_ma) / k_ma, mode="valid")
+ax.plot(x[k_ma - 1:], moving, lw=2.5, label=f"moving average ({k_ma} steps)")
+ax.plot(x, h["correct"], ":", label="share exactly right")
+ax.plot(x, h["formed_wrong"], ":", label="share well-formed but wrong")
+ax.set(xlabel="GRPO step", ylabel="share / reward", ylim=(-0.02, 1.02),
+       title=f"GRPO on the SFT model ({config.groups} prompts × {config.samples} samples)")
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# In {glue}`s5_8_steps` steps of {glue}`s5_8_G` prompts × {glue}`s5_8_K` samples
+# ({glue}`s5_8_train_s` s, a LoRA adapter of {glue}`s5_8_trainable` parameters, learning rate
+# {glue}`s5_8_lr`), the mean reward of the samples was {glue}`s5_8_reward_first` over the
+# first {glue}`s5_8_window` steps and {glue}`s5_8_reward_last` over the last
+# {glue}`s5_8_window`. From one step to the next it swings with a standard deviation of
+# {glue}`s5_8_step_sd`, mostly because every step draws {glue}`s5_8_G` new prompts, some easy
+# and some hard; the difference between the two windows is well inside that noise (its
+# standard error is {glue}`s5_8_diff_se`). On average {glue}`s5_8_signal` of the groups had a
+# signal (not all completions scoring the same). The curve is measured on samples at
+# temperature 1; the greedy answers on held-out questions are next.
+
+# %%
+n_test = len(before["scores"])
+b_scores, a_scores = np.array(before["scores"]), np.array(after["scores"])
+gained = int(((a_scores == 1) & (b_scores == 0)).sum())
+lost = int(((a_scores == 0) & (b_scores == 1)).sum())
+p_value = binomtest(gained, gained + lost, 0.5).pvalue if gained + lost else 1.0
+print(f"held-out exact match ({n_test} questions): before {before['exact_match'][0]:.1%} "
+      f"[{before['exact_match'][1]:.1%}, {before['exact_match'][2]:.1%}], after "
+      f"{after['exact_match'][0]:.1%} [{after['exact_match'][1]:.1%}, "
+      f"{after['exact_match'][2]:.1%}]")
+print("by family: before", before["by_family"], "after", after["by_family"])
+print(f"questions gained {gained}, lost {lost}; sign test p = {p_value:.3g}")
+print(f"well-formed answers: before {before['well_formed']:.0%}, after {after['well_formed']:.0%}")
+glue("s5_8_n_test", n_test)
+glue("s5_8_before", before["exact_match"][0], ".0%")
+glue("s5_8_after", after["exact_match"][0], ".0%")
+glue("s5_8_before_ci", f"{before['exact_match'][1]:.0%}–{before['exact_match'][2]:.0%}")
+glue("s5_8_after_ci", f"{after['exact_match'][1]:.0%}–{after['exact_match'][2]:.0%}")
+glue("s5_8_gained", gained)
+glue("s5_8_lost", lost)
+glue("s5_8_p", p_value, ".2g")
+glue("s5_8_formed_before", before["well_formed"], ".0%")
+glue("s5_8_formed_after", after["well_formed"], ".0%")
+if checks_enabled():
+    # What this short run shows (and the prose says): no rise of the sample reward beyond its
+    # noise, and a held-out accuracy that fell, with more questions lost than gained.
+    assert abs(last - first) < 2 * diff_se
+    assert after["exact_match"][0] < before["exact_match"][0] and lost > gained
+
+# %% [markdown]
+# On {glue}`s5_8_n_test` held-out questions, greedy exact match went from
+# {glue}`s5_8_before` (95 % interval {glue}`s5_8_before_ci`) to {glue}`s5_8_after`
+# ({glue}`s5_8_after_ci`): {glue}`s5_8_gained` questions that the SFT model got wrong are now
+# right, and {glue}`s5_8_lost` that it got right are now wrong. Counting only the questions
+# that changed, a sign test gives $p =$ {glue}`s5_8_p`.
+#
+# So this short run did not work: the reward did not rise measurably, and the greedy answers
+# got *worse*. The reason is the size of the run, not the algorithm. A step estimates the
+# policy gradient from {glue}`s5_8_G` prompts; whatever the model is meant to learn from one
+# prompt's group (that 57 + 96 is 153) says little about the next prompt, so most of the
+# estimate is noise. Adam then scales every parameter's step to about the learning rate,
+# whether its gradient is signal or noise, so each update moves all the adapter's parameters
+# by a similar amount in largely random directions, and a handful of such steps disturbs what
+# SFT taught more than it teaches anything new. Supervised fine-tuning, whose gradient points
+# the same way for every example, tolerates the same learning rate and batch size. GRPO as
+# published uses groups of 64 completions, batches of 1024 and a learning rate of 1e-6 on the
+# whole model {cite:p}`shao2024deepseekmath`: many samples, small steps. In exploratory runs
+# before this page was written, a learning rate of 3e-4 did not raise the reward either, and
+# one of 5e-3 made it fall within five steps. The `full`
+# profile of this page trains for 200 steps of 16 prompts × 16 samples, with four gradient
+# steps per batch (so the clipping acts) and a KL penalty, which needs a GPU; we report no
+# result for it here.
+#
+# Is it really the noise, and not a bug? Remove the noise and see: give GRPO a single prompt,
+# the same at every step, with the same learning rate. Now every group asks the same question,
+# and the gradient points the same way each time.
+
+# %%
+@dataclass(frozen=True)
+class OnePromptConfig:
+    """GRPO on one training prompt, repeated at every step (a check of the machinery)."""
+
+    prompt: str = "What is 16 + 56? Answer with the number only."
+    answer: str = "72"
+    steps: int = 8
+    samples: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+
+
+def one_prompt_run(cfg: OnePromptConfig) -> dict:
+    """The per-step history of GRPO on ``cfg.prompt`` alone, cached."""
+
+    def build(directory):
+        _, sft_adapter = sft_run(base, tokenizer, sft_config)
+        policy = load_sft_model(base, sft_adapter, sft_config)
+        torch.manual_seed(cfg.seed)
+        apply_lora(policy, list(config.target), r=config.r, alpha=config.alpha)
+        one = GRPOConfig(families=("add",), steps=cfg.steps, groups=1, samples=cfg.samples,
+                         lr=cfg.lr, n_test=1)
+        hist = grpo_train(policy, tokenizer, [Task(cfg.prompt, cfg.answer, "add")] * cfg.steps,
+                          one, generator=torch.Generator().manual_seed(cfg.seed))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "history.json").write_text(json.dumps(hist))
+        return hist
+
+    def load_history(directory):
+        return read_json(directory / "history.json", "no history.json")
+
+    return cached_run("smollm2-grpo-one-prompt", cfg, build, load_history)[0]
+
+
+one_cfg = pick(smoke=OnePromptConfig(steps=2, samples=2), book=OnePromptConfig())
+one = one_prompt_run(one_cfg)
+print("reward per step:", np.round(one["reward"], 2))
+print("share right:    ", np.round(one["correct"], 2))
+fig, ax = plt.subplots(figsize=(6, 2.8))
+ax.plot(np.arange(1, len(one["reward"]) + 1), one["reward"], "o-", label="mean reward")
+ax.plot(np.arange(1, len(one["correct"]) + 1), one["correct"], ":", label="share exactly right")
+ax.set(xlabel="GRPO step", ylim=(-0.02, 1.02), title=f"one prompt: {one_cfg.prompt[:19]}…")
+ax.legend(fontsize=8)
+fig.tight_layout()
+plt.show()
+glue("s5_8_one_first", one["reward"][0], ".2f")
+glue("s5_8_one_last", one["reward"][-1], ".2f")
+glue("s5_8_one_steps", len(one["reward"]))
+if checks_enabled():
+    assert one["reward"][0] < 0.6 and min(one["reward"][-3:]) > 0.9
+
+# %% [markdown]
+# On one prompt, the same learning rate takes the mean reward of the {glue}`s5_8_one_steps`
+# steps' samples from {glue}`s5_8_one_first` to {glue}`s5_8_one_last`: the samples
+# converge on "72". The machinery works; what it learned is one answer, not addition. With
+# many different prompts, what one group teaches must add up across groups to something
+# general, and that takes far more samples than a CPU can draw in minutes.
+#
+# ## Reward hacking
+#
+# A policy optimises the reward it is given, not the intention behind it. When the two differ,
+# it finds the difference: that is **reward hacking**. Our reward has one soft spot, the format
+# bonus, which pays 0.1 for *any* well-formed number. A policy that answered every question with
+# the same number would collect it without ever being right. Did GRPO go that way? The share
+# of well-formed but wrong samples is the dotted line of the figure, and the held-out answers
+# were well-formed {glue}`s5_8_formed_before` of the time before and
+# {glue}`s5_8_formed_after` after. Well-formed but wrong answers did become more frequent, but
+# only because right ones became rarer: the damage of the noisy updates, not a strategy, since
+# a well-formed wrong answer pays less than the right answers the model gave before. In this
+# run there was no hacking to see.
+#
+# What decides it is the size of the bonus relative to what right answers pay. Score three
+# fixed policies under our reward and under a reward for the form alone, on the held-out
+# questions: the SFT model's own greedy answers, a constant answer, and an explanation.
+
+# %%
+test_tasks = make_tasks(n_test, "test", families=config.families)
+policies = {
+    "SFT model (greedy)": before["completions"],
+    'always "100"': ["100"] * n_test,
+    'always "The answer is …"': ["The answer is 42."] * n_test,
+}
+rows = {}
+for name, completions in policies.items():
+    ours = np.mean([reward(t, c) for t, c in zip(test_tasks, completions, strict=True)])
+    form_only = np.mean([float(well_formed(c)) for c in completions])
+    right = np.mean([exact_match(t, c) for t, c in zip(test_tasks, completions, strict=True)])
+    rows[name] = (ours, form_only, right)
+    print(f"{name:26s} reward {ours:.3f}   form-only reward {form_only:.2f}   right {right:.0%}")
+glue("s5_8_const_reward", rows['always "100"'][0], ".2f")
+glue("s5_8_sft_reward", rows["SFT model (greedy)"][0], ".2f")
+assert rows['always "100"'][1] == 1.0 >= rows["SFT model (greedy)"][1]
+if checks_enabled():
+    assert rows['always "100"'][0] < rows["SFT model (greedy)"][0]
+
+# %% [markdown]
+# Under our reward the constant answer earns {glue}`s5_8_const_reward` per question against
+# {glue}`s5_8_sft_reward` for the SFT model: collapsing to it would *lower* the reward, so the
+# gradient does not push that way. Under a reward for the form alone, the constant answer is
+# optimal, as good as any correct answer, and GRPO would have every reason to find it (it is
+# easier than arithmetic). The general lesson holds for every reward: whatever it pays for
+# that is easier than the task, the policy learns first. Verifiable rewards make the gap
+# visible and small; with a learned reward model it is wider and harder to see.
+#
+# ## RLHF: learning the reward
+#
+# Most of what we want from an assistant (helpful, harmless, well written) has no program to
+# check it. **RLHF** learns the reward from people {cite:p}`christiano2017deep`: labellers
+# compare two answers to the same prompt, a **reward model** (the language model with a
+# scalar head) is trained to give the preferred answer the higher score, with the
+# Bradley-Terry loss $-\log \sigma(r(x, y_w) - r(x, y_l))$ {cite:p}`bradley1952rank`, and the
+# policy is then optimised against it with PPO and a KL penalty towards the SFT model. That is
+# InstructGPT's recipe, in three stages: SFT, reward model, PPO
+# {cite:p}`ouyang2022training`.
+#
+# The three sections of this chapter are three answers to the question *where does the
+# training signal come from*:
+#
+# | | signal | samples from the policy? | extra models in training |
+# |---|---|---|---|
+# | SFT ({doc}`06_sft`) | demonstrations of the right answer | no | none |
+# | DPO ({doc}`07_dpo`) | pairs of answers, one preferred | no (fixed pairs) | the frozen reference |
+# | RLHF with PPO | a reward model trained on preference pairs | yes | reward model, value network, reference |
+# | GRPO here | a program that checks the answer | yes | the reference (for the KL term) |
+#
+# DPO {cite:p}`rafailov2023direct` starts from the same KL-regularised objective as RLHF and
+# shows that its optimal policy can be written in closed form in terms of the reward; solving
+# for the reward turns the reward model's loss into a loss on the policy itself, so neither a
+# reward model nor sampling is needed. GRPO keeps the sampling (the policy learns from its own
+# attempts, including ones no dataset contains) but replaces the learned reward with a rule and
+# the value network with the group's mean. The KL penalty appears in all three preference or
+# reward methods for the same reason: the reward is only trustworthy near the data it was
+# built on. A learned reward model is a proxy, and optimising a proxy too hard makes it
+# diverge from the true goal: Gao et al. measured how the true ("gold") reward first rises and
+# then falls as the policy moves away from its start under a proxy reward model
+# {cite:p}`gao2023scaling`. That is reward hacking again, at scale.
+#
+# ## Summary
+#
+# * The policy gradient is $\mathbb{E}[A\, \nabla \log \pi_\theta(y)]$: the supervised
+#   gradient on the model's own samples, weighted by their advantage; a baseline leaves it
+#   unbiased and cuts its variance (by {glue}`s5_8_var_ratio`× in the four-action example).
+# * PPO's clipped ratio lets several steps reuse one batch of samples: the gradient of a token
+#   vanishes once its probability has moved more than $\varepsilon$ in the direction its
+#   advantage favours.
+# * GRPO takes the baseline from a group of $K$ samples of the same prompt, standardised, and
+#   needs no value network; groups whose samples all score the same carry no signal.
+# * With a rule-based reward (exact answer, plus 0.1 for the right form), a short CPU run of
+#   {glue}`s5_8_steps` steps did not raise the sample reward beyond its noise
+#   ({glue}`s5_8_reward_first` → {glue}`s5_8_reward_last`), and held-out exact match fell from
+#   {glue}`s5_8_before` to {glue}`s5_8_after`: with so few samples per step the gradient is
+#   mostly noise, and RL needs many more samples and smaller steps than SFT. On a single
+#   repeated prompt, where the signal is consistent, the same settings took the reward from
+#   {glue}`s5_8_one_first` to {glue}`s5_8_one_last` in {glue}`s5_8_one_steps` steps.
+# * A reward that pays for something easier than the task gets hacked; RLHF's learned reward
+#   models invite it most, which is why all these methods keep a KL leash to the reference.
+#
+# ## Exercises
+#
+# ```{exercise-start}
+# :label: ex-5-8-1
+# ```
+# Show that subtracting a baseline $b$ that depends on the prompt but not on the completion
+# leaves the policy gradient unbiased. Why does the group mean of GRPO, which includes the
+# completion's *own* reward, break this slightly, and by how much for a group of $K$?
+# ```{exercise-end}
+# ```
+#
+# ```{solution-start} ex-5-8-1
+# :class: dropdown
+# ```
+# $\mathbb{E}_y[b\, \nabla \log \pi(y)] = b \sum_y \nabla \pi(y) = b\, \nabla 1 = 0$. The
+# group mean $\bar r = \frac1K \sum_j r_j$ contains $r_i/K$, which depends on $y_i$; writing
+# $r_i - \bar r = \frac{K-1}{K}\big(r_i - \frac{1}{K-1}\sum_{j \ne i} r_j\big)$ shows that the
+# mean-centred advantage is the leave-one-out advantage (an unbiased baseline) scaled by
+# $\frac{K-1}{K}$: the direction is unbiased, only the size shrinks. (Dividing by the group's
+# standard deviation, which also depends on $y_i$, is a further change of scale per group.)
+# A numerical check with the four-action policy above:
+
+# %%
+K = 4
+draws = torch.multinomial(probs, 4 * 50_000, replacement=True, generator=generator).view(-1, K)
+r_g = r_actions[draws]
+adv_mean = r_g - r_g.mean(1, keepdim=True)
+g_est = (adv_mean[..., None] * (torch.eye(4)[draws] - probs)).mean((0, 1))
+print(np.round(g_est.numpy(), 4), np.round(((K - 1) / K * exact).numpy(), 4))
+assert torch.allclose(g_est, (K - 1) / K * exact, atol=0.01)
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise-start}
+# :label: ex-5-8-2
+# ```
+# With one gradient step per batch, as in the run above, $\rho = 1$ and nothing is ever
+# clipped. Take a toy batch of log-probabilities, make two gradient steps on `grpo_loss` with
+# the same `logp_old`, and report the share of clipped tokens after each (the `clipped` entry
+# of the returned statistics). Which tokens get clipped first?
+# ```{exercise-end}
+# ```
+#
+# ```{solution-start} ex-5-8-2
+# :class: dropdown
+# ```
+# Treat the log-probabilities themselves as the parameters (a policy that can move each
+# token's probability freely). The first step starts at ratio 1 and clips nothing; after it,
+# tokens whose log-probability moved by more than $\log 1.2 \approx 0.18$ in the direction of
+# their advantage are clipped. With gradient descent a token's step is proportional to
+# $A_i / |y_i|$, so the tokens of short completions with large advantages get there first.
+
+# %%
+g2 = torch.Generator().manual_seed(1)
+logp_old = -torch.rand(6, 5, generator=g2)
+mask = torch.ones(6, 5, dtype=torch.bool)
+mask[:3, 2:] = False  # three short completions
+advs = torch.tensor([2.0, -1.5, 0.5, 1.0, -1.0, 0.3])
+params = logp_old.clone().requires_grad_(True)
+opt = torch.optim.SGD([params], lr=2.0)
+shares = []
+for _ in range(3):
+    loss, stats = grpo_loss(params, logp_old, advs, mask)
+    shares.append(stats["clipped"])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print("clipped share at each step:", shares)
+# after one step: the 2 tokens of each of the first two (short, |A| large) completions, of 21
+assert shares[0] == 0 and abs(shares[1] - 4 / 21) < 1e-6
+
+# %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise-start}
+# :label: ex-5-8-3
+# ```
+# Make the format bonus 1 (so that any well-formed answer earns as much as a right one) and
+# run `grpo_run` again with `GRPOConfig(format_bonus=1.0)`. What happens to the reward curve
+# and to held-out exact match? Then try a bonus of 0 on a model that still writes
+# explanations (the base SmolLM2 without SFT): why does it barely learn?
+# ```{exercise-end}
+# ```
+#
+# ```{solution-start} ex-5-8-3
+# :class: dropdown
+# ```
+# With a bonus of 1 the SFT model already earns nearly the maximum reward (its answers are
+# almost all well-formed), so almost every group scores the same and carries no signal:
+# the reward curve is flat near 1 and exact match does not improve; given long enough, any
+# drift is towards answers that are easy to produce, not right. With a bonus of 0 on the base
+# model, almost no sample is exactly right, so almost every group is all zeros: GRPO only
+# learns from groups with at least one success. That is why RL from verifiable rewards starts
+# from a model that succeeds some of the time, after SFT, and why a small format bonus can
+# help to get a model into the form in which it *can* be right. The runs take as long as the
+# one above, so they are left to you.
+#
+# ```{solution-end}
+# ```
+#
+# ```{exercise-start}
+# :label: ex-5-8-4
+# ```
+# How many groups carry a signal? For a prompt that the policy answers correctly with
+# probability $p$, the reward of each sample is about 1 or 0.1. Compute the probability that
+# a group of $K$ has at least one right and one wrong answer, for $K = 2, 4, 8, 16$ and $p =
+# 0.05, 0.3, 0.9$. What does it say about the choice of $K$ and of the training prompts?
+# ```{exercise-end}
+# ```
+#
+# ```{solution-start} ex-5-8-4
+# :class: dropdown
+# ```
+# The group is mixed unless all $K$ are right or all wrong: $1 - p^K - (1-p)^K$. Very easy
+# and very hard prompts need large groups to produce a signal at all; prompts of medium
+# difficulty are the most useful, which is why GRPO pipelines often filter prompts by the
+# policy's current success rate.
+
+# %%
+for k in (2, 4, 8, 16):
+    print(f"K={k:2d}: " + "  ".join(f"p={p}: {1 - p**k - (1 - p)**k:.2f}"
+                                    for p in (0.05, 0.3, 0.9)))
+assert 1 - 0.05**8 - 0.95**8 < 0.4 < 1 - 0.3**8 - 0.7**8
+
+# %% [markdown]
+# ```{solution-end}
+# ```
