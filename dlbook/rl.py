@@ -26,7 +26,7 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """Group-relative advantages ``(r - mean_group) / (std_group + eps)``: ``(G, K)`` → ``(G, K)``.
 
     A group whose completions all score the same gets zero advantages (it carries no signal).
-    The standard deviation is the unbiased one, as in the GRPO paper's implementation.
+    The standard deviation is the sample (unbiased, ``n - 1``) one.
 
     Raises:
         ValueError: not a ``(G, K)`` tensor, an empty group, or ``K < 2``.

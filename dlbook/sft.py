@@ -64,6 +64,8 @@ def render_chat(
     for i, m in enumerate(messages):
         if m.get("role") not in ROLES:
             raise ValueError(f"message {i} has role {m.get('role')!r}; roles are {ROLES}")
+    if messages[0]["role"] == "assistant":
+        raise ValueError("the conversation must start with a system or user turn")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("the conversation has no assistant turn: there is nothing to train on")
     ids: list[int] = []

@@ -80,6 +80,19 @@ def test_packed_examples_are_computed_as_if_alone(rope):
         assert not torch.allclose(model(packed)[0][:, 9:], logits[:, 9:], atol=1e-4)
 
 
+def test_bidirectional_attention_with_segments_sees_its_whole_segment():
+    from dlbook.nn.attention import MultiHeadAttention
+
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 4, causal=False).eval()
+    a, b = torch.randn(1, 5, 16), torch.randn(1, 7, 16)
+    seg = torch.tensor([[0] * 5 + [1] * 7])
+    with torch.no_grad():
+        y = attn(torch.cat([a, b], 1), segments=seg)
+        torch.testing.assert_close(y[:, :5], attn(a), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(y[:, 5:], attn(b), atol=1e-6, rtol=1e-5)
+
+
 def test_segments_are_validated():
     model = tiny_gpt()
     idx = torch.randint(0, 40, (1, 6))
@@ -184,5 +197,7 @@ def test_render_chat_marks_only_the_assistants_tokens():
         render_chat(tok, [{"role": "robot", "content": "hi"}])
     with pytest.raises(ValueError, match="no assistant"):
         render_chat(tok, [{"role": "user", "content": "hi"}])
+    with pytest.raises(ValueError, match="start with a system or user"):
+        render_chat(tok, [{"role": "assistant", "content": "hi"}])
     with pytest.raises(ValueError, match="context"):
         task_example(tok, task, max_len=8)

@@ -7,7 +7,8 @@
 # next-token loss but counted on the answers only. Wei et al. {cite:p}`wei2022finetuned` showed
 # that fine-tuning on many tasks phrased as instructions makes a model follow instructions for
 # tasks it never saw, and SFT is the first of the three stages of InstructGPT
-# {cite:p}`ouyang2022training`, before the preference stages of the next two sections.
+# {cite:p}`ouyang2022training`, whose later stages (a reward model, then PPO) sections 5.7 and
+# 5.8 replace with DPO and GRPO.
 #
 # SmolLM2-135M-Instruct has been through this already, on general chat data; this section
 # teaches it something it does not do: answer a question with *the answer only*, exactly, so a
@@ -26,7 +27,7 @@ import torch
 from dlbook import checks_enabled, pick, seed_everything
 from dlbook.bench import seconds_per_call
 from dlbook.book import error_message, glue
-from dlbook.data.tasks import exact_match, make_tasks, split_of
+from dlbook.data.tasks import exact_match, make_tasks, split_of, well_formed
 from dlbook.evaluate import evaluate
 from dlbook.hub import load
 from dlbook.lora import apply_lora
@@ -104,12 +105,20 @@ assert torch.count_nonzero(logits.grad[0, prompt_rows]) == 0
 assert logits.grad[0, ~prompt_rows].abs().max() > 0
 # The library's answer_loss computes the head only at the trained positions: the same number.
 torch.testing.assert_close(answer_loss(model, idx, tgt), loss.detach())
+# The head's share of the multiply-adds per token: lm_head against the blocks' linear layers.
+head_macs = model.config.n_embd * model.config.vocab_size
+block_macs = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and n.startswith("blocks."))
+head_share = head_macs / (head_macs + block_macs)
+assert (model.config.n_embd, model.config.vocab_size) == (576, 49152)
+assert 0.15 < head_share < 0.25 and len(tokenizer.encode("85")) == 2
+glue("s5_6_head_share", head_share, ".0%")
 
 # %% [markdown]
 # `dlbook.sft.answer_loss` gives the same loss without computing the logits where nothing is
-# learnt: the language-model head of SmolLM2 maps 576 numbers to 49,152 at every position, about
-# a fifth of the model's arithmetic, and here {glue}`s5_6_example_trained` of
-# {glue}`s5_6_example_tokens` positions need it. (SmolLM2 splits numbers into single digits,
+# learnt: the language-model head of SmolLM2 maps 576 numbers to 49,152 at every position,
+# {glue}`s5_6_head_share` of the multiply-adds per token (attention scores aside), and here
+# {glue}`s5_6_example_trained` of {glue}`s5_6_example_tokens` positions need it. (SmolLM2 splits numbers into single digits,
 # so "85" is two tokens.)
 #
 # ## A data set with checkable answers
@@ -142,6 +151,8 @@ for t, c in list(zip(test_tasks, before.completions, strict=True))[:4]:
     print(f"{t.answer!r:>18} ← {c!r}")
 print(f"exact match before fine-tuning: {before}")
 glue("s5_6_before", before.mean, ".0%")
+if checks_enabled():
+    assert sum(not well_formed(c) for c in before.completions) > n_test / 2  # mostly prose
 glue("s5_6_before_high", before.high, ".0%")
 
 # %% [markdown]
@@ -161,7 +172,8 @@ glue("s5_6_before_high", before.high, ".0%")
 # never see at inference. The library prevents it {cite:p}`krell2021efficient`: `pack_examples`
 # returns a segment label per token, and `GPT.forward(..., segments=...)` builds a block-diagonal
 # causal mask from them (a token attends to earlier tokens *of its own segment*) and restarts the
-# positions at every segment, so each example is computed exactly as if it were alone:
+# positions at every segment, so each example is computed as if it were alone, up to float
+# rounding:
 #
 # ```{literalinclude} ../../dlbook/nn/attention.py
 # :pyobject: segment_mask
@@ -197,7 +209,8 @@ glue("s5_6_unmasked_diff", unmasked.item(), ".1f")
 # %% [markdown]
 # Packed and alone agree to {glue}`s5_6_isolation_err` (float32 rounding of differently shaped
 # matrix products), changing another example changes nothing at
-# all, and without the segment mask the logits move by up to {glue}`s5_6_unmasked_diff`.
+# all, and without segment labels (no mask, positions not restarted) the logits move by up to
+# {glue}`s5_6_unmasked_diff`.
 #
 # What packing buys is measured in training tokens per second: the same examples, one forward
 # and backward pass through a LoRA-adapted SmolLM2, padded (one example per row) and packed into
@@ -237,8 +250,9 @@ glue("s5_6_speed_packed", speed["packed"], ".0f")
 # {glue}`s5_6_fill_packed`. The throughput follows: {glue}`s5_6_speed_padded` against
 # {glue}`s5_6_speed_packed` real tokens per second on this machine. Our questions are of similar
 # lengths, so the gain is modest; with real instruction data, whose lengths vary from a few
-# tokens to thousands, padding wastes most of the batch and packing is the norm. (The segment
-# mask has a cost of its own: the fused attention kernels are fastest without an explicit mask.)
+# tokens to thousands, padding can waste much of the batch, and packing is common. (The
+# segment mask has a cost of its own: an explicit mask can rule out the fastest fused attention
+# kernels.)
 #
 # ## Fine-tuning: LoRA and every weight
 #
@@ -279,6 +293,9 @@ for rec in records.values():
     glue(f"s5_6_{rec['config']['method']}_step", rec["seconds_per_step"], ".1f")
     glue(f"s5_6_{rec['config']['method']}_trainable", rec["trainable"], ",")
 if checks_enabled():
+    cfg = configs["LoRA (r = 8)"]  # the settings the prose states
+    assert (cfg.steps, cfg.examples_per_step, cfg.r, cfg.alpha, cfg.lr) == (16, 16, 8, 16.0, 2e-3)
+    assert configs["full"].lr == 5e-5 and configs["full"].steps == cfg.steps
     # The improvement is large and certain: the intervals do not overlap.
     assert lora_rec["exact_match"][1] > before.high and full_rec["exact_match"][1] > before.high
     assert lora_rec["exact_match"][0] >= before.mean + 0.3
@@ -306,7 +323,7 @@ plt.show()
 #
 # ## What is still wrong
 #
-# Most of the gain is form: the model now answers with a number. Whether the number is right is
+# Much of the gain is form: the model now answers with a number. Whether the number is right is
 # another matter. The errors that remain after LoRA SFT:
 
 # %%
@@ -316,8 +333,6 @@ for t, c in wrong[:8]:
     print(f"{t.family:8s} {t.prompt[:60]!r:64s} want {t.answer!r:>16s}, got {c!r}")
 print({f: round(v, 2) for f, v in lora_rec["by_family"].items()})
 if checks_enabled():
-    from dlbook.data.tasks import well_formed
-
     assert sum(well_formed(c) for _, c in wrong) >= len(wrong) / 2  # mostly wrong, not verbose
 glue("s5_6_n_wrong", len(wrong))
 
@@ -369,8 +384,8 @@ assert "context" in error_message(lambda: render_chat(tokenizer, long_chat, max_
 # ```{solution-start} ex-5-6-1
 # :class: dropdown
 # ```
-# Build the targets from `ex.ids[1:]` for every position. The unmasked loss averages over about
-# 60 positions, most of them the system prompt and the question, so the loss, and its
+# Build the targets from `ex.ids[1:]` for every position. The unmasked loss averages over all
+# {glue}`s5_6_example_tokens` − 1 positions of the example, most of them the system prompt and the question, so the loss, and its
 # gradient, are mostly about reproducing the template and the questions' wording, which the
 # model never has to produce. The two losses average over different sets of tokens, so their values
 # cannot be compared; compare the held-out exact match instead.
@@ -381,7 +396,8 @@ assert "context" in error_message(lambda: render_chat(tokenizer, long_chat, max_
 # ```{exercise-start}
 # :label: ex-5-6-2
 # ```
-# For a model with learned absolute position embeddings (the GPT of section 4.3), why is it
+# For a model with learned absolute position embeddings (the GPT of
+# {doc}`../04_pretraining/02_gpt`), why is it
 # essential that positions restart at each packed example, while for RoPE it would *almost* not
 # matter?
 # ```{exercise-end}
@@ -393,7 +409,7 @@ assert "context" in error_message(lambda: render_chat(tokenizer, long_chat, max_
 # A learned embedding adds a different vector at position 40 than at position 0: an example
 # packed behind another would be seen at positions it never occupies alone, and its logits
 # would differ. With RoPE, the attention score of query $m$ and key $n$ depends only on $m - n$
-# (section 3.5), so shifting a whole example by a constant changes nothing in exact arithmetic;
+# ({doc}`../03_architectures/04_attention`), so shifting a whole example by a constant changes nothing in exact arithmetic;
 # only the rounding of the rotation angles differs.
 #
 # ```{solution-end}
@@ -439,8 +455,8 @@ assert low == 0.0 and round(high, 3) == 0.046
 # ```
 # Write a maker `_letters(rng)` returning a `Task`, register it in `_MAKERS` and `FAMILIES`,
 # and pass `families=...` to `make_tasks`. Families whose answer the model can already compute
-# (comparing two numbers) gain most: SFT only has to teach the format. Letter counting is hard
-# for a model that sees tokens, not letters, and stays low.
+# (comparing two numbers) can be expected to gain most: SFT only has to teach the format.
+# Letter counting is hard for a model that sees tokens, not letters; expect it to stay low.
 #
 # ```{solution-end}
 # ```

@@ -235,8 +235,8 @@ print("beta = 0        →", error_message(lambda: dpo_loss(same, same, same, sa
 #
 # The policy to improve, and the reference, is the LoRA SFT model of
 # {doc}`section 5.6 <06_sft>`, merged into SmolLM2-135M-Instruct {cite:p}`hu2022lora`. It
-# answers about half of the held-out questions exactly, so its samples are a mix of right and
-# wrong answers. Our "labeller" is the checker of the task suite: a correct answer beats a
+# answers many, but far from all, held-out questions exactly (section 5.6 measured it), so its
+# samples are a mix of right and wrong answers. Our "labeller" is the checker of the task suite: a correct answer beats a
 # wrong one, and among wrong ones a bare number or list (the asked-for form) beats prose.
 # For each prompt we sample $K$ completions at temperature 1 and keep the best-ranked as
 # chosen and the worst-ranked as rejected, when one is correct and the other is not
@@ -355,11 +355,13 @@ if checks_enabled():
 # Of the {glue}`s5_7_n_train_prompts` training prompts, each sampled {glue}`s5_7_k` times
 # ({glue}`s5_7_sample_acc` of the samples correct), {glue}`s5_7_n_train_pairs` gave a pair;
 # {glue}`s5_7_all_right` prompts were answered right every time and {glue}`s5_7_all_wrong`
-# wrong every time, and these teach DPO nothing, since there is no preference within them.
+# wrong every time, and these give no pair, because `make_pairs` pairs only a correct answer
+# with a wrong one.
 # The {glue}`s5_7_n_test_prompts` held-out prompts gave {glue}`s5_7_n_test_pairs` pairs.
-# Sampling and scoring took {glue}`s5_7_pair_s` s. The pairs are *on-policy*: they are
-# completions the reference itself produces, so DPO adjusts probabilities the model actually
-# puts mass on, rather than chasing answers written by someone else.
+# Sampling and scoring took {glue}`s5_7_pair_s` s. The pairs are sampled from the reference,
+# the policy's starting point: on-policy at step 0, increasingly off-policy as training moves
+# the policy. So DPO adjusts probabilities the model actually puts mass on, rather than chasing
+# answers written by someone else.
 #
 # **The reference is computed once.** The loss needs $\log \pi_\text{ref}(y|x)$ for every
 # completion, but $\pi_\text{ref}$ is frozen: those numbers never change and no gradient
@@ -612,8 +614,8 @@ if checks_enabled():
 #   of the held-out pairs, the trained policies' in {glue}`s5_7_like_acc_b0` and
 #   {glue}`s5_7_like_acc_b1`. The implicit reward measures the *change* relative to the
 #   reference, not the likelihood itself: the checker's preferences and the SFT model's
-#   likelihood mostly agree already (a wrong sample is usually a less likely one), which
-#   leaves DPO little to correct, and its short run did not improve the likelihood ranking.
+#   likelihood largely agree already (compare the numbers above), which leaves DPO little to
+#   correct.
 #   The intervals are wide with this few pairs; that the ranking generalises beyond the
 #   training pairs is supported here only weakly.
 # * **Task metric.** Greedy exact match on the {glue}`s5_7_n_eval` held-out questions was
@@ -622,8 +624,8 @@ if checks_enabled():
 #   (95 % interval {glue}`s5_7_em_low_b0`–{glue}`s5_7_em_high_b0`) after DPO with
 #   $\beta$ = {glue}`s5_7_beta_b0` and {glue}`s5_7_em_b1`
 #   ({glue}`s5_7_em_low_b1`–{glue}`s5_7_em_high_b1`) with $\beta$ = {glue}`s5_7_beta_b1`.
-#   The intervals overlap widely: with this few questions, no change of the task metric can
-#   be claimed in either direction.
+#   Compare the intervals: with this few questions, a change of a few points cannot be told
+#   from noise.
 # * **KL to the reference.** {glue}`s5_7_kl_b0` ± {glue}`s5_7_kl_se_b0` and
 #   {glue}`s5_7_kl_b1` ± {glue}`s5_7_kl_se_b1` nats per completion (estimate ± standard error
 #   over {glue}`s5_7_n_kl` sampled completions).
@@ -635,8 +637,11 @@ if checks_enabled():
 # step size does not depend on the scale of the gradient, a larger $\beta$ mostly makes the
 # loss saturate sooner (the weights $\sigma(-\hat\Delta)$ of the gradient fade at a smaller
 # log-ratio), so in a run this short the KL is not controlled by $\beta$ as tightly as the
-# RLHF objective suggests. The constraint to stay near $\pi_\text{ref}$ is implicit in DPO; it
-# holds at the optimum of the objective, not step by step.
+# RLHF objective suggests. The KL constraint enters DPO only through the derivation: $\pi^*$
+# is optimal for a Bradley–Terry reward fitted to infinitely many comparisons. On a finite set
+# of pairs, each always ranked the same way, the DPO loss keeps falling as the margins grow,
+# however far that takes the policy from $\pi_\text{ref}$; nothing in the loss stops it step
+# by step.
 #
 # ## Summary
 #
@@ -676,8 +681,9 @@ if checks_enabled():
 # ```
 # $\frac{\partial}{\partial a}[-\log\sigma(\beta(a - b))] = -\beta\,\sigma(-\beta(a-b))$ since
 # $\frac{d}{dz}\log\sigma(z) = 1 - \sigma(z) = \sigma(-z)$. Pairs whose implicit reward ranks
-# the rejected completion higher ($\hat\Delta < 0$) get weights near $\beta$; pairs already
-# ranked well by a wide margin get weights near 0.
+# the rejected completion higher ($\hat\Delta < 0$) get weights between $\beta/2$ and
+# $\beta$, approaching $\beta$ as $\hat\Delta \to -\infty$; pairs already ranked well by a
+# wide margin get weights near 0.
 
 # %%
 g1 = torch.Generator().manual_seed(5)
@@ -736,7 +742,7 @@ assert abs((swapped - loss - (r_w - r_l).mean()).item()) < 1e-5
 # ```{solution-start} ex-5-7-3
 # :class: dropdown
 # ```
-# At $z = 0$ both terms are $\log\sigma(0) = -\ln 2$, weighted $1 - \varepsilon$ and
+# At $z = 0$ both terms are $-\log\sigma(0) = \ln 2$, weighted $1 - \varepsilon$ and
 # $\varepsilon$. The derivative is $-(1-\varepsilon)\sigma(-z) + \varepsilon\sigma(z)$, zero at
 # $\sigma(z) = 1 - \varepsilon$, i.e. $z^* = \log\frac{1-\varepsilon}{\varepsilon}$. Plain DPO
 # keeps pushing the margin of every pair towards $+\infty$ (its loss only approaches 0), which

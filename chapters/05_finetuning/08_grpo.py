@@ -115,8 +115,8 @@ assert var_base < var_plain / 1.5
 # samples, the objective must account for the policy having moved since it sampled them. PPO
 # {cite:p}`schulman2017proximal` weights each token by the probability ratio
 # $\rho_t = \pi_\theta(y_t \mid \cdot) / \pi_{\theta_\text{old}}(y_t \mid \cdot)$ between
-# the current policy and the one that sampled, and **clips** it so that no single update moves
-# a token's probability far:
+# the current policy and the one that sampled, and **clips** it, which removes any incentive
+# to move a token's ratio outside $[1 - \varepsilon, 1 + \varepsilon]$:
 #
 # $$
 # L^\text{clip}(\theta) = \mathbb{E}_t\Big[\min\big(\rho_t A_t,\;
@@ -178,7 +178,8 @@ plt.show()
 # each completion's tokens and then over the completions, minus a KL penalty that keeps the
 # policy near a reference $\pi_\text{ref}$ (the starting model). The KL is estimated per
 # sampled token with $\frac{\pi_\text{ref}}{\pi_\theta} - \log \frac{\pi_\text{ref}}
-# {\pi_\theta} - 1$, which is never negative and is unbiased {cite:p}`shao2024deepseekmath`.
+# {\pi_\theta} - 1$, which is never negative and, for tokens sampled from $\pi_\theta$,
+# unbiased; DeepSeekMath uses this estimator {cite:p}`shao2024deepseekmath`.
 # `group_advantages` takes rewards as a `(G, K)` tensor, one row per prompt:
 
 # %%
@@ -203,8 +204,8 @@ assert (kl_estimate(logp_a, logp_a - 0.3) > 0).all()
 # %% [markdown]
 # In the first group, the three right answers get positive advantages and the wrong ones
 # negative; the second group, all right, gets zeros: when every completion scores the same,
-# there is nothing to prefer, and the prompt contributes no gradient (too easy or too hard
-# prompts are wasted samples). A group needs at least two completions, and an empty one is
+# there is nothing to prefer, and the prompt contributes nothing to the policy-gradient term
+# (only a KL penalty, if any, acts on it; too easy or too hard prompts are wasted samples). A group needs at least two completions, and an empty one is
 # refused with "{glue}`s5_8_empty_group`".
 #
 # ## A rule-based reward
@@ -251,15 +252,14 @@ glue("s5_8_prompt_tokens", len(p_ids))
 
 # %% [markdown]
 # The templated prompt is {glue}`s5_8_prompt_tokens` tokens long (it includes SmolLM2's
-# default system message), the answer two or three: almost all of the compute of a training
-# step goes into prompts, which is why the run below is small.
+# default system message), an answer a few tokens (more for a sorted list): much of the
+# compute of a training step goes into prompts, which is why the run below is small.
 #
 # Which prompts to train on matters as much as the algorithm. A group teaches something only
 # if its samples differ in reward, so the prompts must be neither always solved nor never. Of
-# the four task families, `larger` is nearly always right when sampled and `convert` nearly
-# always wrong (it needs multiplications by 60 or 24, which the 135 M model cannot do; only
-# the factors 10, 100 and 1000 come out right): their groups are mostly uniform. `add` and
-# `sort` are right in some samples and wrong in others, so `dlbook.rl.grpo_run` trains on
+# the four task families, section 5.6 measured `larger` as the easiest for the SFT model and
+# `convert` as the hardest (by 60 or 24 it rarely multiplies right): their groups tend to be
+# uniform. `add` and `sort` lie in between, so `dlbook.rl.grpo_run` trains on
 # those two. The run is cached like the SFT run, keyed by its configuration; before and after
 # it, the policy answers held-out questions of the same families greedily.
 
@@ -317,9 +317,9 @@ plt.show()
 # {glue}`s5_8_lr`), the mean reward of the samples was {glue}`s5_8_reward_first` over the
 # first {glue}`s5_8_window` steps and {glue}`s5_8_reward_last` over the last
 # {glue}`s5_8_window`. From one step to the next it swings with a standard deviation of
-# {glue}`s5_8_step_sd`, mostly because every step draws {glue}`s5_8_G` new prompts, some easy
-# and some hard; the difference between the two windows is well inside that noise (its
-# standard error is {glue}`s5_8_diff_se`). On average {glue}`s5_8_signal` of the groups had a
+# {glue}`s5_8_step_sd` (every step draws {glue}`s5_8_G` new prompts, some easy and some hard);
+# the difference between the two windows is within two standard errors of zero (its standard
+# error is {glue}`s5_8_diff_se`). On average {glue}`s5_8_signal` of the groups had a
 # signal (not all completions scoring the same). The curve is measured on samples at
 # temperature 1; the greedy answers on held-out questions are next.
 
@@ -360,18 +360,18 @@ if checks_enabled():
 # that changed, a sign test gives $p =$ {glue}`s5_8_p`.
 #
 # So this short run did not work: the reward did not rise measurably, and the greedy answers
-# got *worse*. The reason is the size of the run, not the algorithm. A step estimates the
+# got *worse*. The one-prompt check below points to the size of the run rather than a bug. A
+# step estimates the
 # policy gradient from {glue}`s5_8_G` prompts; whatever the model is meant to learn from one
 # prompt's group (that 57 + 96 is 153) says little about the next prompt, so most of the
 # estimate is noise. Adam then scales every parameter's step to about the learning rate,
 # whether its gradient is signal or noise, so each update moves all the adapter's parameters
 # by a similar amount in largely random directions, and a handful of such steps disturbs what
 # SFT taught more than it teaches anything new. Supervised fine-tuning, whose gradient points
-# the same way for every example, tolerates the same learning rate and batch size. GRPO as
+# the same way for every example, tolerated twice this learning rate with 16 examples per
+# step. GRPO as
 # published uses groups of 64 completions, batches of 1024 and a learning rate of 1e-6 on the
-# whole model {cite:p}`shao2024deepseekmath`: many samples, small steps. In exploratory runs
-# before this page was written, a learning rate of 3e-4 did not raise the reward either, and
-# one of 5e-3 made it fall within five steps. The `full`
+# whole model {cite:p}`shao2024deepseekmath`: many samples, small steps. The `full`
 # profile of this page trains for 200 steps of 16 prompts × 16 samples, with four gradient
 # steps per batch (so the clipping acts) and a KL penalty, which needs a GPU; we report no
 # result for it here.
@@ -447,10 +447,9 @@ if checks_enabled():
 # the same number would collect it without ever being right. Did GRPO go that way? The share
 # of well-formed but wrong samples is the dotted line of the figure, and the held-out answers
 # were well-formed {glue}`s5_8_formed_before` of the time before and
-# {glue}`s5_8_formed_after` after. Well-formed but wrong answers did become more frequent, but
-# only because right ones became rarer: the damage of the noisy updates, not a strategy, since
-# a well-formed wrong answer pays less than the right answers the model gave before. In this
-# run there was no hacking to see.
+# {glue}`s5_8_formed_after` after. Wrong answers did become more frequent, but the form did
+# not change, and a well-formed wrong answer pays less than the right answers the model gave
+# before: we see the damage of noisy updates rather than a strategy for the bonus.
 #
 # What decides it is the size of the bonus relative to what right answers pay. Score three
 # fixed policies under our reward and under a reward for the form alone, on the held-out
@@ -481,15 +480,17 @@ if checks_enabled():
 # {glue}`s5_8_sft_reward` for the SFT model: collapsing to it would *lower* the reward, so the
 # gradient does not push that way. Under a reward for the form alone, the constant answer is
 # optimal, as good as any correct answer, and GRPO would have every reason to find it (it is
-# easier than arithmetic). The general lesson holds for every reward: whatever it pays for
-# that is easier than the task, the policy learns first. Verifiable rewards make the gap
-# visible and small; with a learned reward model it is wider and harder to see.
+# easier than arithmetic). The general lesson: whatever a reward pays for that is easier than
+# the task, the policy tends to learn first. Verifiable rewards make the gap visible; with a
+# learned reward model, optimising too hard against it is known to lower the true quality
+# {cite:p}`gao2023scaling`.
 #
 # ## RLHF: learning the reward
 #
 # Most of what we want from an assistant (helpful, harmless, well written) has no program to
-# check it. **RLHF** learns the reward from people {cite:p}`christiano2017deep`: labellers
-# compare two answers to the same prompt, a **reward model** (the language model with a
+# check it. **RLHF** learns the reward from human comparisons, a method introduced for
+# control tasks {cite:p}`christiano2017deep` and applied to language models in InstructGPT
+# {cite:p}`ouyang2022training`: labellers compare answers to the same prompt, a **reward model** (the language model with a
 # scalar head) is trained to give the preferred answer the higher score, with the
 # Bradley-Terry loss $-\log \sigma(r(x, y_w) - r(x, y_l))$ {cite:p}`bradley1952rank`, and the
 # policy is then optimised against it with PPO and a KL penalty towards the SFT model. That is
@@ -502,9 +503,9 @@ if checks_enabled():
 # | | signal | samples from the policy? | extra models in training |
 # |---|---|---|---|
 # | SFT ({doc}`06_sft`) | demonstrations of the right answer | no | none |
-# | DPO ({doc}`07_dpo`) | pairs of answers, one preferred | no (fixed pairs) | the frozen reference |
+# | DPO ({doc}`07_dpo`) | pairs of answers, one preferred | no (fixed pairs) | none (the reference's log-probabilities are computed once, before training) |
 # | RLHF with PPO | a reward model trained on preference pairs | yes | reward model, value network, reference |
-# | GRPO here | a program that checks the answer | yes | the reference (for the KL term) |
+# | GRPO here | a program that checks the answer | yes | none (this run has no KL term; with one, the frozen reference) |
 #
 # DPO {cite:p}`rafailov2023direct` starts from the same KL-regularised objective as RLHF and
 # shows that its optimal policy can be written in closed form in terms of the reward; solving
@@ -513,8 +514,10 @@ if checks_enabled():
 # attempts, including ones no dataset contains) but replaces the learned reward with a rule and
 # the value network with the group's mean. The KL penalty appears in all three preference or
 # reward methods for the same reason: the reward is only trustworthy near the data it was
-# built on. A learned reward model is a proxy, and optimising a proxy too hard makes it
-# diverge from the true goal: Gao et al. measured how the true ("gold") reward first rises and
+# built on (for a rule-based reward, the KL term instead guards against forgetting what SFT
+# taught). A learned reward model is a proxy, and optimising a proxy too hard makes it
+# diverge from the true goal: Gao et al. measured how a "gold" reward (a larger reward model
+# standing in for human judgement) first rises and
 # then falls as the policy moves away from its start under a proxy reward model
 # {cite:p}`gao2023scaling`. That is reward hacking again, at scale.
 #
@@ -524,8 +527,8 @@ if checks_enabled():
 #   gradient on the model's own samples, weighted by their advantage; a baseline leaves it
 #   unbiased and cuts its variance (by {glue}`s5_8_var_ratio`× in the four-action example).
 # * PPO's clipped ratio lets several steps reuse one batch of samples: the gradient of a token
-#   vanishes once its probability has moved more than $\varepsilon$ in the direction its
-#   advantage favours.
+#   vanishes once its ratio to the sampling policy has left $[1 - \varepsilon, 1 + \varepsilon]$
+#   in the direction its advantage favours.
 # * GRPO takes the baseline from a group of $K$ samples of the same prompt, standardised, and
 #   needs no value network; groups whose samples all score the same carry no signal.
 # * With a rule-based reward (exact answer, plus 0.1 for the right form), a short CPU run of
@@ -588,8 +591,8 @@ assert torch.allclose(g_est, (K - 1) / K * exact, atol=0.01)
 # ```
 # Treat the log-probabilities themselves as the parameters (a policy that can move each
 # token's probability freely). The first step starts at ratio 1 and clips nothing; after it,
-# tokens whose log-probability moved by more than $\log 1.2 \approx 0.18$ in the direction of
-# their advantage are clipped. With gradient descent a token's step is proportional to
+# tokens whose log-probability rose by more than $\log 1.2 \approx 0.18$ ($A > 0$) or fell by
+# more than $-\log 0.8 \approx 0.22$ ($A < 0$) are clipped. With gradient descent a token's step is proportional to
 # $A_i / |y_i|$, so the tokens of short completions with large advantages get there first.
 
 # %%
@@ -628,11 +631,12 @@ assert shares[0] == 0 and abs(shares[1] - 4 / 21) < 1e-6
 # ```{solution-start} ex-5-8-3
 # :class: dropdown
 # ```
-# With a bonus of 1 the SFT model already earns nearly the maximum reward (its answers are
-# almost all well-formed), so almost every group scores the same and carries no signal:
-# the reward curve is flat near 1 and exact match does not improve; given long enough, any
-# drift is towards answers that are easy to produce, not right. With a bonus of 0 on the base
-# model, almost no sample is exactly right, so almost every group is all zeros: GRPO only
+# Expect the following. With a bonus of 1 the SFT model already earns nearly the maximum
+# reward (its held-out answers were well-formed {glue}`s5_8_formed_before` of the time), so
+# most groups score the same and carry no signal: the reward curve stays flat near 1 and
+# exact match should not improve; any drift is towards answers that are easy to produce, not
+# right. With a bonus of 0 on the base model, almost no sample is exactly right, so almost
+# every group is all zeros: GRPO only
 # learns from groups with at least one success. That is why RL from verifiable rewards starts
 # from a model that succeeds some of the time, after SFT, and why a small format bonus can
 # help to get a model into the form in which it *can* be right. The runs take as long as the
@@ -656,7 +660,7 @@ assert shares[0] == 0 and abs(shares[1] - 4 / 21) < 1e-6
 # ```
 # The group is mixed unless all $K$ are right or all wrong: $1 - p^K - (1-p)^K$. Very easy
 # and very hard prompts need large groups to produce a signal at all; prompts of medium
-# difficulty are the most useful, which is why GRPO pipelines often filter prompts by the
+# difficulty are the most useful, which is why one can filter prompts by the
 # policy's current success rate.
 
 # %%

@@ -385,7 +385,9 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError("segments cannot be combined with kv or key_padding_mask")
             check_segments(segments, tuple(x.shape[:2]))
             q, k, v = self._heads(x, rope, positions=segment_positions(segments))
-            return self._attend(x, q, k, v, segment_mask(segments), is_causal=False)
+            mask = segment_mask(segments) if self.causal else (
+                segments[:, :, None] == segments[:, None, :])[:, None]
+            return self._attend(x, q, k, v, mask, is_causal=False)
         if kv is not None:
             if key_padding_mask is not None:
                 raise ValueError(
