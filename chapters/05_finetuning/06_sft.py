@@ -247,12 +247,13 @@ glue("s5_6_speed_packed", speed["packed"], ".0f")
 
 # %% [markdown]
 # Padded, {glue}`s5_6_fill_padded` of the positions hold real tokens; packed,
-# {glue}`s5_6_fill_packed`. The throughput follows: {glue}`s5_6_speed_padded` against
-# {glue}`s5_6_speed_packed` real tokens per second on this machine. Our questions are of similar
-# lengths, so the gain is modest; with real instruction data, whose lengths vary from a few
-# tokens to thousands, padding can waste much of the batch, and packing is common. (The
-# segment mask has a cost of its own: an explicit mask can rule out the fastest fused attention
-# kernels.)
+# {glue}`s5_6_fill_packed`. The measured throughput was {glue}`s5_6_speed_padded` real tokens
+# per second padded and {glue}`s5_6_speed_packed` packed, on the machine that built this page.
+# Packing wins only if the saved positions outweigh the cost of the segment mask (an explicit
+# mask can rule out the fastest fused attention kernels, and a shared machine makes such
+# timings noisy). Our questions are of similar lengths, so little is saved here; with real
+# instruction data, whose lengths vary from a few tokens to thousands, padding can waste much of
+# the batch, and packing is common.
 #
 # ## Fine-tuning: LoRA and every weight
 #
@@ -363,9 +364,9 @@ assert "context" in error_message(lambda: render_chat(tokenizer, long_chat, max_
 #
 # * SFT is next-token training on conversations with the loss restricted to the assistant's
 #   tokens; the prompt positions receive exactly zero gradient.
-# * Packing several examples per row saves the compute padding wastes; a segment mask and
-#   positions that restart per example keep packed examples from seeing each other, verified
-#   bit for bit.
+# * Packing several examples per row saves the positions padding wastes; a segment mask and
+#   positions that restart per example keep packed examples from seeing each other (changing
+#   one leaves the others' logits unchanged bit for bit).
 # * A held-out split and an exact checker turn "it seems better" into a measured improvement,
 #   here from {glue}`s5_6_before` to {glue}`s5_6_lora_em` with LoRA.
 # * SFT teaches the form of an answer quickly; the content improves more slowly, which the
