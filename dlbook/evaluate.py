@@ -19,6 +19,18 @@ import torch
 from dlbook.config import check_int
 
 
+def stop_token(tokenizer) -> int:
+    """The id of SmolLM2's end-of-turn token ``<|im_end|>``, which ends every answer."""
+    return tokenizer.encode("<|im_end|>", allowed_special="all")[0]
+
+
+def prompt_ids(tokenizer, task) -> list[int]:
+    """The task's question as a user turn in the chat template, ready for the answer."""
+    return list(tokenizer.apply_chat_template(
+        [{"role": "user", "content": task.prompt}], add_generation_prompt=True, tokenize=True
+    ))
+
+
 @torch.no_grad()
 def generate_batch(
     model,
@@ -122,14 +134,9 @@ def evaluate(
     """
     if not tasks:
         raise ValueError("no tasks to evaluate")
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": t.prompt}], add_generation_prompt=True, tokenize=True
-        )
-        for t in tasks
-    ]
-    stop = tokenizer.encode("<|im_end|>", allowed_special="all")[0]
-    new = generate_batch(model, prompts, max_new_tokens, stop, batch_size=batch_size)
+    prompts = [prompt_ids(tokenizer, t) for t in tasks]
+    new = generate_batch(model, prompts, max_new_tokens, stop_token(tokenizer),
+                         batch_size=batch_size)
     completions = [tokenizer.decode(ids) for ids in new]
     scores = [float(checker(t, c)) for t, c in zip(tasks, completions, strict=True)]
     mean, low, high = mean_interval(scores)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from dlbook.config import NonNegativeInt, PositiveFloat, check_int, validate_config
+from dlbook.evaluate import prompt_ids, stop_token
 from dlbook.nn.losses import IGNORE_INDEX
 
 
@@ -129,18 +130,6 @@ def kl_estimate(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
     and unbiased (the expectation of ``exp(q)`` under ``π`` is 1)."""
     q = logp_ref - logp
     return torch.exp(q) - q - 1
-
-
-def stop_token(tokenizer) -> int:
-    """The id of SmolLM2's end-of-turn token ``<|im_end|>``, which ends every answer."""
-    return tokenizer.encode("<|im_end|>", allowed_special="all")[0]
-
-
-def prompt_ids(tokenizer, task) -> list[int]:
-    """The task's question as a user turn in the chat template, ready for the answer."""
-    return list(tokenizer.apply_chat_template(
-        [{"role": "user", "content": task.prompt}], add_generation_prompt=True, tokenize=True
-    ))
 
 
 @dataclass

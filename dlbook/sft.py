@@ -276,11 +276,11 @@ def sft_run(model, tokenizer, config: SFTConfig) -> tuple[dict, Path | None]:
     from dlbook.artifacts import cached_run, run_directory
     from dlbook.checkpoint import CheckpointError, atomic_write, read_json
     from dlbook.data.tasks import exact_match, make_tasks
-    from dlbook.evaluate import evaluate
+    from dlbook.evaluate import evaluate, stop_token
     from dlbook.lora import apply_lora, save_adapter, trainable_parameters
 
     name = f"smollm2-sft-{config.method}"
-    pad_id = tokenizer.encode("<|im_end|>", allowed_special="all")[0]
+    pad_id = stop_token(tokenizer)  # any id will do: padding is never a target
 
     def build(directory: Path) -> dict:
         torch.manual_seed(config.seed)
