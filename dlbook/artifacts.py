@@ -35,6 +35,7 @@ from dlbook.pretrain import PretrainConfig, pretrain
 
 __all__ = [
     "PretrainedRun",
+    "cached_record_run",
     "cached_run",
     "config_key",
     "kjv_config",
@@ -120,6 +121,48 @@ def cached_run(
     meta = {"name": name, "type": type(config).__name__, "config": _plain(config)}
     atomic_write(marker, lambda p: p.write_text(json.dumps(meta, indent=1)))
     return result, True
+
+
+ADAPTER_FILE = "adapter.safetensors"
+METRICS_FILE = "metrics.json"
+
+
+def cached_record_run(
+    name: str,
+    config: Any,
+    train: Callable[[Path], dict],
+    *,
+    adapter: bool = True,
+) -> tuple[dict, Path | None, bool]:
+    """A fine-tuning run that leaves measurements (a JSON record) and an adapter, cached.
+
+    The pattern of sections 5.4–5.8 on top of :func:`cached_run`: ``train(adapter_path)``
+    trains, saves the adapter it trained to ``adapter_path`` (e.g. with
+    :func:`dlbook.lora.save_adapter`) and returns the record of its measurements, which is
+    written atomically to ``metrics.json``. A cached entry whose adapter or record is missing or
+    unreadable is rebuilt. With ``adapter=False`` (e.g. a full fine-tune, whose weights are not
+    kept) only the record is stored and ``adapter_path`` is ``None`` in ``train``'s call.
+
+    Returns:
+        ``(record, adapter path or None, built_now)``.
+    """
+
+    def adapter_path(directory: Path) -> Path | None:
+        return directory / ADAPTER_FILE if adapter else None
+
+    def build(directory: Path) -> dict:
+        directory.mkdir(parents=True, exist_ok=True)
+        record = train(adapter_path(directory))
+        atomic_write(directory / METRICS_FILE, lambda p: p.write_text(json.dumps(record)))
+        return record
+
+    def load(directory: Path) -> dict:
+        if adapter and not (directory / ADAPTER_FILE).is_file():
+            raise CheckpointError(f"{directory} has no {ADAPTER_FILE}")
+        return read_json(directory / METRICS_FILE, f"no {METRICS_FILE}")
+
+    record, built = cached_run(name, config, build, load)
+    return record, adapter_path(run_directory(name, config)), built
 
 
 # --------------------------------------------------------------------------- the 4.3 run

@@ -10,7 +10,6 @@ al. 2017) with an optional KL penalty towards a reference policy. Shapes: ``G`` 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -384,8 +383,7 @@ def grpo_run(model, tokenizer, sft_config, config: GRPOConfig, device=None) -> t
     on ``config.n_test`` held-out tasks of the same families. The record holds the training
     history, both evaluations and timing; the adapter is saved as ``adapter.safetensors``.
     """
-    from dlbook.artifacts import cached_run, config_key, run_directory
-    from dlbook.checkpoint import CheckpointError, atomic_write, read_json
+    from dlbook.artifacts import cached_record_run, config_key
     from dlbook.data.tasks import exact_match, make_tasks
     from dlbook.evaluate import evaluate
     from dlbook.lora import apply_lora, save_adapter, trainable_parameters
@@ -393,7 +391,7 @@ def grpo_run(model, tokenizer, sft_config, config: GRPOConfig, device=None) -> t
 
     name = f"smollm2-grpo-sft{config_key(sft_config)[:8]}"
 
-    def build(directory: Path) -> dict:
+    def fine_tune(adapter: Path) -> dict:
         _, sft_adapter = sft_run(model, tokenizer, sft_config)
         reference = load_sft_model(model, sft_adapter, sft_config)
         if device is not None:
@@ -422,17 +420,11 @@ def grpo_run(model, tokenizer, sft_config, config: GRPOConfig, device=None) -> t
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
         }
-        save_adapter(policy, directory / "adapter.safetensors")
-        atomic_write(directory / "metrics.json", lambda p: p.write_text(json.dumps(record)))
+        save_adapter(policy, adapter)
         return record
 
-    def load(directory: Path) -> dict:
-        if not (directory / "adapter.safetensors").is_file():
-            raise CheckpointError(f"{directory} has no adapter.safetensors")
-        return read_json(directory / "metrics.json", "no metrics.json")
-
-    record, _ = cached_run(name, config, build, load)
-    return record, run_directory(name, config) / "adapter.safetensors"
+    record, adapter, _ = cached_record_run(name, config, fine_tune)
+    return record, adapter
 
 
 def book_grpo_config() -> GRPOConfig:

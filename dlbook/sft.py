@@ -12,7 +12,6 @@ Shapes: ``N`` examples or rows, ``T`` tokens per row.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -273,16 +272,14 @@ def sft_run(model, tokenizer, config: SFTConfig) -> tuple[dict, Path | None]:
     fine-tune keeps only its measurements (the weights would be 0.5 GB). ``model`` itself is
     left unchanged.
     """
-    from dlbook.artifacts import cached_run, run_directory
-    from dlbook.checkpoint import CheckpointError, atomic_write, read_json
+    from dlbook.artifacts import cached_record_run
     from dlbook.data.tasks import exact_match, make_tasks
     from dlbook.evaluate import evaluate, stop_token
     from dlbook.lora import apply_lora, save_adapter, trainable_parameters
 
-    name = f"smollm2-sft-{config.method}"
     pad_id = stop_token(tokenizer)  # any id will do: padding is never a target
 
-    def build(directory: Path) -> dict:
+    def fine_tune(adapter: Path | None) -> dict:
         torch.manual_seed(config.seed)
         tuned = copy.deepcopy(model)
         if config.method == "lora":
@@ -301,19 +298,14 @@ def sft_run(model, tokenizer, config: SFTConfig) -> tuple[dict, Path | None]:
             by_family=result.by_family,
             completions=result.completions,
         )
-        if config.method == "lora":
-            save_adapter(tuned, directory / "adapter.safetensors")
-        atomic_write(directory / "metrics.json", lambda p: p.write_text(json.dumps(record)))
+        if adapter is not None:
+            save_adapter(tuned, adapter)
         return record
 
-    def load(directory: Path) -> dict:
-        if config.method == "lora" and not (directory / "adapter.safetensors").is_file():
-            raise CheckpointError(f"{directory} has no adapter.safetensors")
-        return read_json(directory / "metrics.json", "no metrics.json")
-
-    record, _ = cached_run(name, config, build, load)
-    adapter = run_directory(name, config) / "adapter.safetensors"
-    return record, adapter if config.method == "lora" else None
+    record, adapter, _ = cached_record_run(
+        f"smollm2-sft-{config.method}", config, fine_tune, adapter=config.method == "lora"
+    )
+    return record, adapter
 
 
 def load_sft_model(model, adapter: Path, config: SFTConfig):

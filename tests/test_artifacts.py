@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dlbook.artifacts import (
+    cached_record_run,
     cached_run,
     config_key,
     kjv_config,
@@ -177,3 +178,38 @@ def test_pretrained_kjv_gpt_smoke_profile():
     assert out.shape == (1, ids.shape[1] + 5)
     with pytest.raises(ValueError, match="not in the tokenizer"):
         tok.encode("In the beginning \u00e9")
+
+
+@dataclasses.dataclass
+class _RecordConfig:
+    lr: float = 0.1
+
+
+def test_cached_record_run_trains_once_and_rebuilds_a_run_that_lost_its_adapter():
+    calls = []
+
+    def fine_tune(adapter: Path) -> dict:
+        calls.append(adapter)
+        adapter.write_bytes(b"weights")
+        return {"loss": 0.5 + len(calls)}
+
+    record, adapter, built = cached_record_run("tiny-adapter", _RecordConfig(), fine_tune)
+    assert built and record == {"loss": 1.5} and adapter.read_bytes() == b"weights"
+    assert read_json(adapter.parent / "metrics.json") == record
+    again, adapter_again, built = cached_record_run("tiny-adapter", _RecordConfig(), fine_tune)
+    assert (again, adapter_again, built) == (record, adapter, False) and len(calls) == 1
+    adapter.unlink()  # a damaged entry is reported and trained again, not half-loaded
+    with pytest.warns(UserWarning, match="adapter.safetensors"):
+        rebuilt, _, built = cached_record_run("tiny-adapter", _RecordConfig(), fine_tune)
+    assert built and rebuilt == {"loss": 2.5} and len(calls) == 2
+
+
+def test_cached_record_run_without_adapter_keeps_only_the_record():
+    def fine_tune(adapter):
+        assert adapter is None
+        return {"accuracy": 0.9}
+
+    record, adapter, built = cached_record_run("tiny-full", _RecordConfig(), fine_tune,
+                                               adapter=False)
+    assert (record, adapter, built) == ({"accuracy": 0.9}, None, True)
+    assert cached_record_run("tiny-full", _RecordConfig(), fine_tune, adapter=False)[2] is False

@@ -29,12 +29,12 @@
 
 # %%
 import copy
-import json
 import math
 import os
 import pydoc_data.topics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -42,9 +42,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dlbook import checks_enabled, pick, seed_everything
-from dlbook.artifacts import cached_run, run_directory
+from dlbook.artifacts import cached_record_run
 from dlbook.book import error_message, glue
-from dlbook.checkpoint import CheckpointError, atomic_write, read_json
 from dlbook.finetune import optimizer_state_bytes
 from dlbook.hub import load
 from dlbook.lora import (
@@ -395,10 +394,10 @@ def eval_windows(config: PydocLoRAConfig) -> torch.Tensor:
     return held_ids[: n * length].view(n, length)
 
 
-def pydoc_lora_run(config: PydocLoRAConfig) -> tuple[dict, str]:
+def pydoc_lora_run(config: PydocLoRAConfig) -> tuple[dict, Path]:
     """The measurements of one fine-tune and the path of its adapter (trained on first use)."""
 
-    def build(directory):
+    def fine_tune(adapter):
         torch.manual_seed(config.seed)  # the initial A
         apply_lora(model, list(config.target), r=config.r, alpha=config.alpha)
         try:
@@ -412,24 +411,13 @@ def pydoc_lora_run(config: PydocLoRAConfig) -> tuple[dict, str]:
                 "held_out_loss": heldout_loss(model, eval_windows(config)),
                 "trainable": trainable_parameters(model)[0],
             }
-            save_adapter(model, directory / "adapter.safetensors")
-            atomic_write(directory / "metrics.json", lambda p: p.write_text(json.dumps(record)))
+            save_adapter(model, adapter)
         finally:
             remove_lora(model)  # the shared base model goes back to its pretrained state
         return record
 
-    def load_record(directory):
-        if not (directory / "adapter.safetensors").is_file():
-            raise CheckpointError(f"{directory} has no adapter.safetensors")
-        return read_json(directory / "metrics.json", "no metrics.json")
-
-    record, _ = cached_run("smollm2-pydoc-lora", config, build, load_record)
-    return record, str(pydoc_run_dir(config) / "adapter.safetensors")
-
-
-def pydoc_run_dir(config: PydocLoRAConfig):
-    """The cache folder of ``config``'s run."""
-    return run_directory("smollm2-pydoc-lora", config)
+    record, adapter, _ = cached_record_run("smollm2-pydoc-lora", config, fine_tune)
+    return record, adapter
 
 
 # %% [markdown]
@@ -450,10 +438,10 @@ base_config = PydocLoRAConfig(
     eval_windows=pick(smoke=2, book=16),
 )
 before = heldout_loss(model, eval_windows(base_config))
-runs = {}
+runs, adapters = {}, {}
 for r_ in ranks:
     cfg = PydocLoRAConfig(**{**asdict(base_config), "r": r_})
-    runs[r_], _ = pydoc_lora_run(cfg)
+    runs[r_], adapters[r_] = pydoc_lora_run(cfg)
     rec = runs[r_]
     print(f"r={r_:2d}: {rec['trainable']:>9,} trainable ({rec['trainable'] / n_total:.3%}), "
           f"held-out loss {before:.3f} → {rec['held_out_loss']:.3f} "
@@ -575,7 +563,7 @@ glue("s5_4_model_mb", model_bytes / mb, ".0f")
 # %%
 r_show = ranks[-2] if len(ranks) > 2 else ranks[-1]
 show_config = PydocLoRAConfig(**{**asdict(base_config), "r": r_show})
-path = pydoc_run_dir(show_config) / "adapter.safetensors"
+path = adapters[r_show]
 meta = adapter_metadata(path)
 print({k: v for k, v in meta.items() if k != "targets"}, f"{len(meta['targets'])} layers")
 apply_lora(model, list(show_config.target), r=meta["r"], alpha=meta["alpha"])
@@ -724,7 +712,7 @@ assert both_zero == 0.0 and a_zero > 0
 r_big = ranks[-1]
 big_config = PydocLoRAConfig(**{**asdict(base_config), "r": r_big})
 apply_lora(model, list(big_config.target), r=r_big, alpha=big_config.alpha)
-load_adapter(model, pydoc_run_dir(big_config) / "adapter.safetensors")
+load_adapter(model, adapters[r_big])
 for i in (0, 14, 29):
     s = torch.linalg.svdvals(model.blocks[i].attn.c_attn.delta_weight())
     energy = (s.square().cumsum(0) / s.square().sum()).tolist()

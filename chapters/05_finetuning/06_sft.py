@@ -28,7 +28,7 @@ from dlbook import checks_enabled, pick, seed_everything
 from dlbook.bench import seconds_per_call
 from dlbook.book import error_message, glue
 from dlbook.data.tasks import exact_match, make_tasks, split_of, well_formed
-from dlbook.evaluate import evaluate
+from dlbook.evaluate import evaluate, stop_token
 from dlbook.hub import load
 from dlbook.lora import apply_lora
 from dlbook.nn.losses import IGNORE_INDEX
@@ -46,7 +46,7 @@ from dlbook.sft import (
 _ = seed_everything(0)
 model, tokenizer = load("smollm2-135m")
 model.requires_grad_(False)
-PAD = tokenizer.encode("<|im_end|>", allowed_special="all")[0]  # any id will do: never a target
+PAD = stop_token(tokenizer)  # any id will do: never a target
 
 # %% [markdown]
 # ## Conversations as token sequences

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from dlbook import checks_enabled, pick, seed_everything
-from dlbook.artifacts import cached_run, config_key
+from dlbook.artifacts import cached_record_run, cached_run, config_key
 from dlbook.book import error_message, glue
-from dlbook.checkpoint import CheckpointError, atomic_write, read_json
+from dlbook.checkpoint import atomic_write, read_json
 from dlbook.data.tasks import exact_match, make_tasks
-from dlbook.evaluate import evaluate, mean_interval, wilson_interval
+from dlbook.evaluate import evaluate, mean_interval, stop_token, wilson_interval
 from dlbook.hub import load
 from dlbook.lora import apply_lora, load_adapter, save_adapter, trainable_parameters
 from dlbook.preference import (
@@ -251,7 +251,7 @@ sft_record, adapter_path = sft_run(model, tokenizer, sft_config)
 reference = load_sft_model(model, adapter_path, sft_config)  # frozen, eval mode
 if pick(smoke=True, book=False):
     reference.blocks = reference.blocks[:2]  # smoke: 2 of the 30 blocks, so every line is quick
-stop = tokenizer.encode("<|im_end|>", allowed_special="all")[0]  # also the padding id
+stop = stop_token(tokenizer)  # also the padding id
 print(f"SFT model: held-out exact match {sft_record['exact_match'][0]:.1%} "
       f"on {sft_config.n_test} test questions")
 
@@ -453,33 +453,22 @@ def measure(policy, config: DPOConfig) -> dict:
             "kl_se": (kl.std() / math.sqrt(len(kl))).item() if len(kl) > 1 else 0.0}
 
 
-runs = {}
+runs, adapters = {}, {}
 for beta in betas:
     run = DPORun(pair_config, DPOConfig(**{**asdict(base_dpo), "beta": beta}),
                  n_eval=len(eval_tasks), n_kl=run_n_kl)
 
-    def build(directory: Path, run=run) -> dict:
+    def fine_tune(adapter: Path, run=run) -> dict:
         policy = new_policy(run.dpo)
         start = time.perf_counter()
         history = train_dpo(policy, *examples["train"], *ref_logp["train"], run.dpo, stop)
         record = {"history": history, "train_s": time.perf_counter() - start}
         record.update(measure(policy, run.dpo))
         record["total_s"] = time.perf_counter() - start
-        save_adapter(policy, directory / "adapter.safetensors")
-        atomic_write(directory / "metrics.json", lambda p: p.write_text(json.dumps(record)))
+        save_adapter(policy, adapter)
         return record
 
-    def load_run(directory: Path) -> dict:
-        if not (directory / "adapter.safetensors").is_file():
-            raise CheckpointError(f"{directory} has no adapter.safetensors")
-        record = read_json(directory / "metrics.json", "no metrics.json")
-        record["adapter"] = str(directory / "adapter.safetensors")
-        return record
-
-    def build_and_locate(directory: Path, build=build) -> dict:
-        return {**build(directory), "adapter": str(directory / "adapter.safetensors")}
-
-    runs[beta], built = cached_run("smollm2-dpo", run, build_and_locate, load_run)
+    runs[beta], adapters[beta], built = cached_record_run("smollm2-dpo", run, fine_tune)
     r = runs[beta]
     print(f"beta {beta}: {'trained' if built else 'loaded'}; train {r['train_s']:.0f} s, "
           f"loss {r['history']['loss'][0]:.3f} → {r['history']['loss'][-1]:.3f}")
@@ -493,7 +482,7 @@ for beta in betas:
 # %%
 beta0 = betas[0]
 policy = new_policy(base_dpo)
-load_adapter(policy, runs[beta0]["adapter"])
+load_adapter(policy, adapters[beta0])
 policy.train()
 some = list(range(min(4, len(pairs["test"]))))
 logp = sequence_logprobs(policy, [examples["test"][0][i] for i in some]
