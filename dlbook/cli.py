@@ -73,7 +73,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_ask(args: argparse.Namespace) -> int:
     import warnings
 
-    from dlbook.rag import answer, docs_index, rag_messages
+    from dlbook import hub
+    from dlbook.rag import answer, check_question, docs_index, rag_messages
 
     question = args.question.strip()
     if not question:
@@ -83,18 +84,15 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     if args.k < 1 or args.max_tokens < 1:
         print("dlbook ask: --k and --max-tokens must be >= 1", file=sys.stderr)
         return 2
-    from dlbook import hub
-
-    # check the length with the encoder's tokenizer before the (slow) first index build
-    encoder, encoder_tok = hub.load("minilm-l6")
-    n, limit = len(encoder_tok.encode(question)), encoder.config.block_size
-    if n > limit:
-        print(f"dlbook ask: the question has {n} tokens, more than the encoder's {limit}; "
-              "ask a shorter question", file=sys.stderr)
+    encoder = hub.load("minilm-l6")
+    try:  # before the (slow) first index build
+        check_question(question, *encoder)
+    except ValueError as e:
+        print(f"dlbook ask: {e}", file=sys.stderr)
         return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        index = docs_index(progress=True)
+        index = docs_index(progress=True, encoder=encoder)
     for w in caught:
         print(f"dlbook ask: {w.message}", file=sys.stderr)
     try:
@@ -103,9 +101,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print(f"dlbook ask: {e}", file=sys.stderr)
         return 2
     if not args.no_generate:
-        from dlbook.hub import load
-
-        model, tok = load("smollm2-135m")
+        model, tok = hub.load("smollm2-135m")
         try:
             reply = answer(model, tok, [rag_messages(question, [c for c, _ in hits])],
                            args.max_tokens)[0]

@@ -22,7 +22,6 @@ vocabulary, ``K`` classes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlbook.nn.attention import MultiHeadAttention, causal_mask
+from dlbook.nn.attention import MultiHeadAttention
 
 __all__ = [
     "AttentionCapture",
@@ -62,26 +61,19 @@ def attention_probs(
 ) -> torch.Tensor:
     """The attention probabilities ``(B, H, T, T)`` that ``attn`` computes on ``x (B, T, C)``.
 
-    Recomputed as ``softmax(q k^T / sqrt(D))`` from the module's own projections (with RoPE
-    when given, the causal mask when the module is causal, and the optional boolean
-    ``key_padding_mask (B, T)``, ``True`` = real token). Under grouped-query attention query
-    head ``h`` reads key head ``h // G``. Each row sums to 1.
+    Recomputed as ``softmax(q k^T / sqrt(D))`` from the module's own projections by
+    :meth:`~dlbook.nn.MultiHeadAttention.attention_weights` (with RoPE when given, the causal
+    mask when the module is causal, and the optional boolean ``key_padding_mask (B, T)``,
+    ``True`` = real token). Under grouped-query attention query head ``h`` reads key head
+    ``h // G``. Each row sums to 1.
     """
     if not isinstance(attn, MultiHeadAttention):
         raise ValueError(f"expected a MultiHeadAttention module, got {type(attn).__name__}")
-    q, k, _ = attn._heads(x, rope)  # q (B, H, T, D), k (B, H_kv, T, D)
-    k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=1)  # (B, H, T, D)
-    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(attn.head_dim)
-    t = x.shape[1]
-    allowed = torch.ones(t, t, dtype=torch.bool, device=x.device)
-    if attn.causal:
-        allowed = causal_mask(t, device=x.device)
-    allowed = allowed[None, None]
-    if key_padding_mask is not None:
-        if key_padding_mask.shape != x.shape[:2] or key_padding_mask.dtype != torch.bool:
-            raise ValueError("key_padding_mask must be a boolean (B, T) tensor")
-        allowed = allowed & key_padding_mask[:, None, None, :]
-    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    if key_padding_mask is not None and (
+        key_padding_mask.shape != x.shape[:2] or key_padding_mask.dtype != torch.bool
+    ):
+        raise ValueError("key_padding_mask must be a boolean (B, T) tensor")
+    return attn.attention_weights(x, key_padding_mask, rope)
 
 
 def attention_from_probs(

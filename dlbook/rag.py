@@ -137,6 +137,16 @@ def contains_answer(response: str, expected: str) -> bool:
 # ------------------------------------------------------------------------------ the ask index
 
 
+def check_question(question: str, encoder: Any, tokenizer: Any) -> None:
+    """Raise ``ValueError`` for an empty question or one longer than the encoder's context."""
+    if not question.strip():
+        raise ValueError("the question is empty")
+    n, limit = len(tokenizer.encode(question)), encoder.config.block_size
+    if n > limit:
+        raise ValueError(f"the question has {n} tokens, more than the encoder's {limit}; "
+                         "ask a shorter question")
+
+
 @dataclass
 class DocsIndex:
     """Chunks of the Python docs and their MiniLM embeddings ``(N, C)``, with the encoder."""
@@ -154,35 +164,25 @@ class DocsIndex:
         """
         from dlbook.embed import sentence_embeddings
 
-        if not question.strip():
-            raise ValueError("the question is empty")
-        n = len(self.tokenizer.encode(question))
-        limit = self.encoder.config.block_size
-        if n > limit:
-            raise ValueError(f"the question has {n} tokens, more than the encoder's {limit}; "
-                             "ask a shorter question")
+        check_question(question, self.encoder, self.tokenizer)
         q = sentence_embeddings(self.encoder, self.tokenizer, [question]).cpu()
         scores, ids = exact_search(q, self.embeddings, min(k, len(self.chunks)))
         return [(self.chunks[i], s) for i, s in zip(ids[0].tolist(), scores[0].tolist(),
                                                       strict=True)]
 
 
-def docs_index(documents: Mapping[str, str] | None = None, progress: bool = True) -> DocsIndex:
+def docs_index(documents: Mapping[str, str] | None = None, progress: bool = True,
+               encoder: tuple[Any, Any] | None = None) -> DocsIndex:
     """The index of :func:`dlbook.retrieval.python_docs` (or ``documents``), its embeddings
-    read from the cache or built once (a corrupt cache file is rebuilt)."""
+    read from the cache or built once (a corrupt cache file is rebuilt). ``encoder`` is
+    MiniLM's ``(model, tokenizer)`` when the caller has loaded it already."""
     from dlbook.hub import load
 
     docs = python_docs() if documents is None else documents
     chunks = chunk_documents(docs)
     if not chunks:
         raise ValueError("the documents hold no text to index")
-    encoder, tok = load("minilm-l6")
-    emb, _ = embed_cached(encoder, tok, [c.text for c in chunks], "minilm-l6",
+    model, tok = load("minilm-l6") if encoder is None else encoder
+    emb, _ = embed_cached(model, tok, [c.text for c in chunks], "minilm-l6",
                           progress=progress, truncate=True)
-    return DocsIndex(chunks, emb, encoder, tok)
-
-
-__all__ = [
-    "DocsIndex", "Question", "answer", "attach_gold", "contains_answer", "docs_index",
-    "heading_questions", "method_questions", "rag_messages",
-]
+    return DocsIndex(chunks, emb, model, tok)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dlbook.checkpoint import atomic_write
 from dlbook.config import cache_dir
 from dlbook.embed import sentence_embeddings
 
@@ -126,16 +125,13 @@ def embedding_key(texts: Sequence[str], model_name: str, fingerprint: str) -> st
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``array`` as ``.npy`` (no pickles) atomically, with :func:`atomic_write`."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to a name
             np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_embeddings(path: Path, n: int, width: int) -> torch.Tensor:

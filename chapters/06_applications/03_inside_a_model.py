@@ -114,10 +114,11 @@ print("rows sum to 1:", bool(torch.allclose(probs0.sum(-1), torch.ones(1, cfg.n_
 
 # %% [markdown]
 # `dlbook.inspect.capture_attention` does the same for every attention module during one
-# ordinary forward pass, with hooks that are removed afterwards:
+# ordinary forward pass, with hooks that are removed afterwards; each hook hands the module's
+# input to the module's own `attention_weights`:
 #
-# ```{literalinclude} ../../dlbook/inspect.py
-# :pyobject: attention_probs
+# ```{literalinclude} ../../dlbook/nn/attention.py
+# :pyobject: MultiHeadAttention.attention_weights
 # ```
 #
 # We check three things: capturing does not change the logits, the library's probabilities of
