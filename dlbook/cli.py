@@ -116,6 +116,34 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dlbook import hub
+    from dlbook.serve.app import ServeLimits, create_app
+
+    try:
+        limits = ServeLimits(max_tokens=args.max_tokens, default_max_tokens=min(
+            64, args.max_tokens), max_body_bytes=args.max_body_bytes,
+            request_timeout_s=args.timeout)
+        if args.max_batch < 1 or (args.max_queue is not None and args.max_queue < 1):
+            raise ValueError("--max-batch and --max-queue must be >= 1")
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port must lie in [0, 65535], got {args.port}")
+        model, tokenizer = hub.load(args.model)
+        app = create_app(model, tokenizer, model_name=args.model, max_batch=args.max_batch,
+                         max_queue=args.max_queue, limits=limits,
+                         preload_classifier=args.preload_classifier,
+                         background_classifier=not args.preload_classifier)
+    except (ValueError, KeyError) as e:
+        print(f"dlbook serve: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    print(f"dlbook serve: {args.model} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlbook`` console script."""
     parser = argparse.ArgumentParser(prog="dlbook", description=__doc__)
@@ -144,9 +172,25 @@ def main(argv: list[str] | None = None) -> int:
     ask.add_argument("--max-tokens", type=int, default=48, help="longest answer, in tokens")
     ask.add_argument("--no-generate", action="store_true",
                      help="only retrieve and print the sources (fast, no language model)")
+    serve = sub.add_parser("serve", help="serve a chat model over HTTP (OpenAI-style API + page)")
+    serve.add_argument("--model", choices=["smollm2-135m"], default="smollm2-135m")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=8, help="most requests per batch")
+    serve.add_argument("--max-queue", type=int, help="most waiting requests (more: HTTP 429)")
+    serve.add_argument("--max-tokens", type=int, default=512,
+                       help="largest max_tokens a request may ask for")
+    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024)
+    serve.add_argument("--timeout", type=float, default=120.0, help="per-request deadline, s")
+    serve.add_argument("--preload-classifier", action="store_true",
+                       help="build the R8 classifier before serving (default: in the "
+                       "background from the first /v1/classify, which answers 503 until ready)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
     commands = {"chapters": _cmd_chapters, "run": _cmd_run, "bench": _cmd_bench,
-                "ask": _cmd_ask}
+                "ask": _cmd_ask, "serve": _cmd_serve}
     return commands[args.command](args)
 
 

@@ -12,6 +12,10 @@ The book's chapters run on a CPU in CI, so the claims that only a GPU can check 
   faster a training step runs;
 * **bench 124M**: ``dlbook bench gpt --size 124M --compile --dtype bf16`` and its MFU against
   the book's target (≥ 50 % of the data-sheet peak);
+* **triton kernels**: section 6.7's Triton kernels (:mod:`dlbook.kernels`: fused softmax, layer
+  norm forward + backward, FlashAttention-style forward) against PyTorch's: parity, time
+  (``triton.testing.do_bench``, median) and peak memory over a few sizes; on a CPU the kernels only
+  run in Triton's interpreter, which is not a benchmark, so the row is skipped there;
 * **full profile**: the cheapest GPU sections run end to end with ``DLBOOK_PROFILE=full``.
 
 ``python -m dlbook.gpu_check --dry-run`` runs every check on the CPU with tiny sizes (the sections
@@ -257,6 +261,108 @@ def check_bench(device: torch.device, dry_run: bool) -> Row:
     )
 
 
+def _peak_and_ms(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Median milliseconds (``triton.testing.do_bench``) and peak MiB allocated by one call."""
+    from triton.testing import do_bench
+
+    fn()  # compile / warm up
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return float(do_bench(fn, return_mode="median")), peak
+
+
+def check_triton_kernels(device: torch.device, dry_run: bool) -> Row:
+    """Section 6.7's Triton kernels vs PyTorch's on CUDA: parity, median time, peak memory.
+
+    Softmax and layer norm (forward + backward) on ``(4096, N)`` float32 rows; attention on
+    ``(B, H, T, 64)`` float16, causal, against ``F.scaled_dot_product_attention`` (whatever
+    backend PyTorch picks) and against attention with the ``T x T`` matrix materialised. Passes
+    when every kernel agrees with PyTorch (float32 ≤ 1e-4, float16 attention ≤ 1e-2).
+    """
+    name = "triton kernels vs PyTorch"
+    if device.type != "cuda":
+        return Row(
+            name,
+            "skipped",
+            detail="skipped: no CUDA (on a CPU the kernels run in Triton's interpreter, which "
+            "checks correctness but is not a benchmark; tests/test_kernels.py covers parity)",
+        )
+    from dlbook.kernels import flash_attention, layer_norm, softmax
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    results: dict[str, dict[str, float]] = {}
+    worst = 0.0
+    widths = (1024, 4096) if not dry_run else (256,)
+    for n in widths:
+        x = torch.randn(4096, n, device=device, generator=gen)
+        diff = (softmax(x) - torch.softmax(x, -1)).abs().max().item()
+        ms, mib = _peak_and_ms(lambda x=x: softmax(x), device)
+        ref_ms, ref_mib = _peak_and_ms(lambda x=x: torch.softmax(x, -1), device)
+        results[f"softmax N={n}"] = {"diff": diff, "ms": ms, "ref_ms": ref_ms, "mib": mib,
+                                     "ref_mib": ref_mib}
+        worst = max(worst, diff)
+        w = torch.randn(n, device=device, generator=gen, requires_grad=True)
+        b = torch.randn(n, device=device, generator=gen, requires_grad=True)
+        xg = x.clone().requires_grad_()
+        dy = torch.randn_like(x)
+
+        def ln(fn, xg=xg, w=w, b=b, dy=dy, n=n):
+            return torch.autograd.grad(fn(xg, w, b), (xg, w, b), dy)
+
+        ours = ln(layer_norm)
+        ref = ln(lambda a, w_, b_, n=n: F.layer_norm(a, (n,), w_, b_))
+        diff = max((o - r).abs().max().item() / (1 + r.abs().max().item())
+                   for o, r in zip(ours, ref, strict=True))
+        ms, mib = _peak_and_ms(lambda: ln(layer_norm), device)
+        ref_ms, ref_mib = _peak_and_ms(
+            lambda n=n: ln(lambda a, w_, b_: F.layer_norm(a, (n,), w_, b_)), device
+        )
+        results[f"layer norm fwd+bwd N={n}"] = {"diff": diff, "ms": ms, "ref_ms": ref_ms,
+                                                 "mib": mib, "ref_mib": ref_mib}
+        worst = max(worst, diff)
+    ok = worst <= 1e-4
+    for t in (1024, 4096) if not dry_run else (256,):
+        q, k, v = (torch.randn(4, 16, t, 64, device=device, generator=gen, dtype=torch.float16)
+                   for _ in range(3))
+
+        def materialised(q=q, k=k, v=v, t=t):
+            s = (q @ k.transpose(-2, -1)).float() / 8.0
+            s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1),
+                              float("-inf"))
+            return (torch.softmax(s, -1).to(q.dtype) @ v)
+
+        out = flash_attention(q, k, v, causal=True)
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        diff = (out.float() - ref.float()).abs().max().item()
+        ok = ok and diff <= 1e-2
+        ms, mib = _peak_and_ms(lambda q=q, k=k, v=v: flash_attention(q, k, v, causal=True),
+                               device)
+        ref_ms, ref_mib = _peak_and_ms(
+            lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True), device
+        )
+        mat_ms, mat_mib = _peak_and_ms(materialised, device)
+        results[f"attention T={t}"] = {"diff": diff, "ms": ms, "ref_ms": ref_ms, "mib": mib,
+                                       "ref_mib": ref_mib, "materialised_ms": mat_ms,
+                                       "materialised_mib": mat_mib}
+    last = results[f"attention T={t}"]
+    detail = "; ".join(
+        f"{key}: {r['ms']:.3f} ms vs torch {r['ref_ms']:.3f} ms, {r['mib']:.0f} vs "
+        f"{r['ref_mib']:.0f} MiB, |Δ| {r['diff']:.0e}" for key, r in results.items()
+    )
+    return Row(
+        name,
+        "pass" if ok else "fail",
+        f"attention T={t}: {last['ms']:.2f} ms (SDPA {last['ref_ms']:.2f}, "
+        f"materialised {last['materialised_ms']:.2f})",
+        detail + "; limits |Δ| ≤ 1e-4 (fp32), ≤ 1e-2 (fp16 attention)",
+        data=results,
+    )
+
+
 def check_sections(sections: Sequence[str], profile: str, timeout: float) -> list[Row]:
     """Run each section with ``dlbook run KEY --profile PROFILE`` in a subprocess."""
     rows = []
@@ -309,6 +415,7 @@ def run_checks(
         _timed("flash attention parity", lambda: check_flash_attention(device, dry_run)),
         _timed("torch.compile", lambda: check_compile(device, dry_run)),
         _timed("bench gpt", lambda: check_bench(device, dry_run)),
+        _timed("triton kernels vs PyTorch", lambda: check_triton_kernels(device, dry_run)),
     ]
     start = time.perf_counter()
     section_rows = check_sections(sections, "smoke" if dry_run else "full", section_timeout)

@@ -11,6 +11,11 @@ precision.
   the standard normal distribution (:func:`nf4_code`). Two 4-bit codes share a byte. With
   **double quantisation** the 32-bit per-block absmax constants are themselves quantised to
   8 bits in blocks of 256, which brings the cost from 4.5 to about 4.127 bits per parameter.
+* **group-wise symmetric int8 / int4** for inference (section 6.4): one absmax scale per
+  group of ``group_size`` inputs of each output channel (:func:`quantize_groupwise`), int4
+  codes packed two per byte (:func:`pack_int4`), and :func:`int4_matmul`, which multiplies by
+  the packed codes group by group and applies each group's scale to the partial sums
+  (:class:`Int4Linear`).
 
 Shapes: a weight is ``(out_features, in_features)``; ``N`` is its number of elements.
 """
@@ -417,7 +422,262 @@ class NF4Linear(_DequantizingLinear):
         )
 
 
-QuantKind = Literal["int8", "nf4"]
+# --------------------------------------------------------------------------------------------
+# Group-wise symmetric int8 / int4 for inference, and an int4 matmul on the packed codes
+# --------------------------------------------------------------------------------------------
+
+
+def _check_group(in_features: int, group_size: int | None, who: str) -> int:
+    """The group size to use: ``in_features`` for ``None`` (per output channel)."""
+    if group_size is None:
+        return in_features
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"{who}: group_size must be a positive int or None, got {group_size!r}")
+    if in_features % group_size:
+        fits = [g for g in (16, 32, 64, 128, 256) if in_features % g == 0]
+        raise ValueError(
+            f"{who}: group_size={group_size} does not divide in_features={in_features}; pick a "
+            f"divisor ({', '.join(map(str, fits)) or 'none of 16…256 fits'}) or None for one "
+            f"scale per output channel"
+        )
+    return group_size
+
+
+def quantize_groupwise(
+    w: torch.Tensor, bits: int = 4, group_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric absmax quantisation of a weight with one scale per group of inputs.
+
+    Each row of ``w`` (one output channel) is cut into groups of ``group_size`` consecutive
+    inputs; each group gets the scale ``s = absmax / (2^(bits-1) - 1)`` and its values become
+    ``q = round(w / s)`` in ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]`` (``[-127, 127]`` for int8,
+    ``[-7, 7]`` for int4). Rounding moves each weight by at most ``s / 2``.
+
+    Args:
+        w: ``(out_features, in_features)`` floating-point weight.
+        bits: 2 to 8.
+        group_size: inputs per scale; ``None`` for one scale per output channel (per row).
+
+    Returns:
+        ``(q, scales)``: ``q`` int8 ``(out, in)``; ``scales`` float32 ``(out, in / group_size)``.
+        ``dequantize_groupwise(q, scales) ≈ w``.
+
+    Raises:
+        TypeError: ``w`` is not a floating-point tensor.
+        ValueError: ``w`` is not 2-D, ``bits`` outside ``[2, 8]``, or ``group_size`` does not
+            divide ``in_features``.
+    """
+    _check_float(w, "quantize_groupwise: w")
+    if w.dim() != 2:
+        raise ValueError(f"quantize_groupwise: w must be (out, in), got shape {tuple(w.shape)}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"quantize_groupwise: bits must be an int in [2, 8], got {bits!r}")
+    out_f, in_f = w.shape
+    g = _check_group(in_f, group_size, "quantize_groupwise")
+    qmax = 2 ** (bits - 1) - 1
+    groups = w.detach().float().reshape(out_f, in_f // g, g)
+    absmax = groups.abs().amax(dim=-1, keepdim=True)  # (out, G, 1)
+    # As absmax_quantize: multiply by qmax / absmax (the same float rounding, so per-channel
+    # int8 gives exactly its codes); an all-zero group gets codes 0.
+    safe = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    q = torch.round(groups * (qmax / safe)).clamp_(-qmax, qmax).to(torch.int8)
+    return q.reshape(out_f, in_f), (absmax / qmax).squeeze(-1)
+
+
+def dequantize_groupwise(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Invert :func:`quantize_groupwise`: ``q (out, in)`` int8 and ``scales (out, G)`` →
+    float32 ``(out, in)``, every group's codes times its scale.
+
+    Raises:
+        TypeError: ``q`` is not int8.
+        ValueError: the shapes do not fit (``G`` must divide ``in``).
+    """
+    if q.dtype != torch.int8:
+        raise TypeError(f"dequantize_groupwise: q must be int8, got {q.dtype}")
+    if q.dim() != 2 or scales.dim() != 2 or scales.shape[0] != q.shape[0] or (
+        scales.shape[1] < 1 or q.shape[1] % scales.shape[1]
+    ):
+        raise ValueError(
+            f"dequantize_groupwise: q {tuple(q.shape)} and scales {tuple(scales.shape)} do not "
+            f"fit: expected q (out, in) and scales (out, G) with G >= 1 dividing in"
+        )
+    out_f, in_f = q.shape
+    n_groups = scales.shape[1]
+    w = q.float().view(out_f, n_groups, in_f // n_groups) * scales.float().unsqueeze(-1)
+    return w.view(out_f, in_f)
+
+
+INT4_OFFSET = 8  # int4 codes in [-7, 7] are stored as unsigned nibbles q + 8 in [1, 15]
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack signed int4 codes ``q (out, in)`` int8 in ``[-7, 7]`` two per byte →
+    ``(out, in / 2)`` uint8 (nibble ``q + 8``; see :func:`pack_4bit` for the order).
+
+    Raises:
+        TypeError: ``q`` is not int8.
+        ValueError: ``q`` is not 2-D with an even number of columns, or a code is outside
+            ``[-7, 7]``.
+    """
+    if q.dtype != torch.int8:
+        raise TypeError(f"pack_int4: q must be int8, got {q.dtype}")
+    if q.dim() != 2 or q.shape[1] % 2:
+        raise ValueError(f"pack_int4: q must be (out, in) with in even, got {tuple(q.shape)}")
+    if q.numel() and (int(q.min()) < -7 or int(q.max()) > 7):
+        raise ValueError("pack_int4: codes must lie in [-7, 7]")
+    return pack_4bit((q + INT4_OFFSET).to(torch.uint8)).view(q.shape[0], q.shape[1] // 2)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Invert :func:`pack_int4`: ``(out, in / 2)`` uint8 → int8 codes ``(out, in)``."""
+    if packed.dim() != 2:
+        raise ValueError(f"unpack_int4: packed must be (out, in/2), got {tuple(packed.shape)}")
+    codes = unpack_4bit(packed).view(packed.shape[0], 2 * packed.shape[1])
+    return codes.to(torch.int8) - INT4_OFFSET
+
+
+_INT4_PAIRS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _int4_pair_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(256, 2)``: row ``b`` holds the signed codes of byte ``b``'s high and low nibble."""
+    key = (device, dtype)
+    if key not in _INT4_PAIRS:
+        b = torch.arange(256, device=device)
+        _INT4_PAIRS[key] = (torch.stack([b >> 4, b & 0x0F], dim=1) - INT4_OFFSET).to(dtype)
+    return _INT4_PAIRS[key]
+
+
+def int4_matmul(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x @ Ŵᵀ (+ bias)`` for a group-wise int4 weight ``Ŵ``, computed on the codes.
+
+    The scale is constant within a group, so it can leave the sum over that group's inputs:
+    ``y[n, o] = Σ_g s[o, g] · (Σ_{k in g} x[n, k] · q[o, k])``. The inner sums are one batched
+    matrix product of the input's groups with the integer codes (unpacked from the nibbles,
+    never multiplied by their scales); the scales then weight the ``G`` partial results. This
+    equals dequantise-then-matmul up to float rounding (the sums are reordered).
+
+    Args:
+        x: ``(…, in_features)`` floating point.
+        packed: ``(out_features, in_features / 2)`` uint8 from :func:`pack_int4`.
+        scales: ``(out_features, G)`` float, ``G`` dividing ``in_features``.
+        bias: optional ``(out_features,)``.
+
+    Returns:
+        ``(…, out_features)`` in ``x``'s dtype.
+
+    Raises:
+        TypeError: ``x`` is not floating point, or ``packed`` is not uint8.
+        ValueError: the shapes do not fit.
+    """
+    # dtype only: a finiteness check would scan x on every call of every layer
+    if not isinstance(x, torch.Tensor) or x.dtype not in _FLOATS:
+        raise TypeError(
+            f"int4_matmul: x must be a floating-point tensor, got "
+            f"{getattr(x, 'dtype', type(x).__name__)}; convert it with .float() first"
+        )
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise TypeError(
+            f"int4_matmul: packed must be a 2-D uint8 tensor, got {packed.dtype} "
+            f"{tuple(packed.shape)}"
+        )
+    out_f, in_f = packed.shape[0], 2 * packed.shape[1]
+    if x.shape[-1] != in_f:
+        raise ValueError(
+            f"int4_matmul: x has {x.shape[-1]} features in its last dimension, the weight "
+            f"expects in_features={in_f}"
+        )
+    if (scales.dim() != 2 or scales.shape[0] != out_f or scales.shape[1] < 1
+            or in_f % scales.shape[1]):
+        raise ValueError(
+            f"int4_matmul: scales must be (out_features={out_f}, G) with G >= 1 dividing {in_f}, "
+            f"got {tuple(scales.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (out_f,):
+        raise ValueError(f"int4_matmul: bias must be ({out_f},), got {tuple(bias.shape)}")
+    n_groups = scales.shape[1]
+    g = in_f // n_groups
+    lead = x.shape[:-1]
+    # unpack with one gather from a 256-row table of (high, low) codes: the same values as
+    # unpack_int4(packed).to(x.dtype), in fewer passes over the weight
+    table = _int4_pair_table(packed.device, x.dtype)
+    codes = table.index_select(0, packed.reshape(-1).int())  # (O · in / 2, 2)
+    codes = codes.view(out_f, n_groups, g).permute(1, 2, 0)  # (G, g, O)
+    xg = x.reshape(-1, n_groups, g).transpose(0, 1)  # (G, N, g)
+    partial = torch.bmm(xg, codes)  # (G, N, O): Σ_k x·q within each group
+    y = (partial * scales.to(x.dtype).t().unsqueeze(1)).sum(0)  # (N, O)
+    if bias is not None:
+        y = y + bias.to(x.dtype)
+    return y.view(*lead, out_f)
+
+
+class Int4Linear(_DequantizingLinear):
+    """A frozen linear layer with a weight-only, group-wise symmetric int4 weight.
+
+    Stores ``packed`` ``(out, in / 2)`` uint8 (two codes per byte), ``scales`` ``(out, G)``
+    float32 and the float ``bias``: ``4 + 32 / group_size`` bits per weight.
+    ``forward(x (…, in)) → (…, out)`` de-quantises ``Ŵ`` and multiplies, like the other
+    de-quantising layers: :func:`int4_matmul` gives the same result (to float rounding) but
+    holds per-group partial sums ``G`` times the size of the output, a lot of memory for
+    inputs of many rows (its speed relative to this layer is not measured here).
+
+    Raises:
+        TypeError: ``linear`` is not an ``nn.Linear``.
+        ValueError: ``group_size`` does not divide ``in_features`` (or is odd; with
+            ``group_size=None``, per output channel, ``in_features`` must be even).
+    """
+
+    def __init__(self, linear: nn.Linear, group_size: int | None = 128) -> None:
+        super().__init__()
+        _check_linear(linear, "Int4Linear")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        g = _check_group(self.in_features, group_size, "Int4Linear")
+        if g % 2:
+            if group_size is None:
+                raise ValueError(
+                    f"Int4Linear: per-channel mode (group_size=None) uses all in_features="
+                    f"{g} inputs as one group, but int4 packing needs an even number of inputs "
+                    f"(two codes per byte); in_features is odd"
+                )
+            raise ValueError(f"Int4Linear: group_size must be even (two codes per byte), got {g}")
+        self.group_size = g
+        q, scales = quantize_groupwise(linear.weight.detach(), bits=4, group_size=g)
+        self.register_buffer("packed", pack_int4(q))
+        self.register_buffer("scales", scales)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.register_buffer("bias", bias)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The weight in float32, ``(out_features, in_features)``."""
+        return dequantize_groupwise(unpack_int4(self.packed), self.scales)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"int4 group {self.group_size}"
+        )
+
+
+def saved_nbytes(obj: nn.Module | dict[str, torch.Tensor]) -> int:
+    """Bytes on disk of ``obj``'s ``state_dict`` (or of a dict of tensors) written with
+    ``torch.save`` to a temporary file: what shipping the model costs, format overhead and all
+    (a tied embedding/head is saved once)."""
+    import os
+    import tempfile
+
+    state = obj.state_dict() if isinstance(obj, nn.Module) else obj
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.pt")
+        torch.save(state, path)
+        return os.path.getsize(path)
+
+
+QuantKind = Literal["int8", "nf4", "int4_group"]
 
 
 def quantize_model(
@@ -426,19 +686,22 @@ def quantize_model(
     skip: Sequence[str] = (),
     **kwargs: object,
 ) -> list[str]:
-    """Replace the ``nn.Linear`` layers of ``model`` in place by :class:`Int8Linear` or
-    :class:`NF4Linear` and return the names of the replaced layers.
+    """Replace the ``nn.Linear`` layers of ``model`` in place by :class:`Int8Linear`,
+    :class:`NF4Linear` or :class:`Int4Linear` and return the names of the replaced layers.
 
     Kept in full precision: embeddings (they are lookups, not matrix products), any linear whose
     weight is *tied* to an embedding (a GPT's ``lm_head``: quantising it would also change, or
     duplicate, the embedding table), and every layer whose qualified name contains one of the
-    strings in ``skip``. ``kwargs`` go to :class:`NF4Linear` (``block_size``, ``double_quant``).
+    strings in ``skip``. ``kwargs`` go to :class:`NF4Linear` (``block_size``, ``double_quant``)
+    or, for ``kind="int4_group"``, :class:`Int4Linear` (``group_size``).
 
     Raises:
         ValueError: unknown ``kind``, or no linear layer was left to quantise.
     """
-    if kind not in ("int8", "nf4"):
-        raise ValueError(f"quantize_model: kind must be 'int8' or 'nf4', got {kind!r}")
+    if kind not in ("int8", "nf4", "int4_group"):
+        raise ValueError(
+            f"quantize_model: kind must be 'int8', 'nf4' or 'int4_group', got {kind!r}"
+        )
     embedding_weights = {
         id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)
     }
@@ -458,7 +721,13 @@ def quantize_model(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         linear = getattr(parent, child)
-        new = Int8Linear(linear) if kind == "int8" else NF4Linear(linear, **kwargs)  # type: ignore[arg-type]
+        new: nn.Module
+        if kind == "int8":
+            new = Int8Linear(linear)
+        elif kind == "int4_group":
+            new = Int4Linear(linear, **kwargs)  # type: ignore[arg-type]
+        else:
+            new = NF4Linear(linear, **kwargs)  # type: ignore[arg-type]
         setattr(parent, child, new.to(linear.weight.device))
     return targets
 
@@ -477,6 +746,14 @@ def weight_nbytes(model: nn.Module) -> int:
 
 __all__ = [
     "DQ_BLOCK",
+    "INT4_OFFSET",
+    "Int4Linear",
+    "dequantize_groupwise",
+    "int4_matmul",
+    "pack_int4",
+    "quantize_groupwise",
+    "saved_nbytes",
+    "unpack_int4",
     "NF4_BLOCK",
     "DoubleQuantized",
     "Int8Linear",

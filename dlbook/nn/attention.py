@@ -176,6 +176,10 @@ class LayerKV:
         self.max_len, self.length = max_len, 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        # The key-padding mask ``(B, max_len)`` of the cached positions (``True`` = real token),
+        # shared by every layer of a :class:`KVCache` and written by :meth:`KVCache.extend_mask`;
+        # ``None``: every cached position is real (the fast path, no mask at all).
+        self.mask: torch.Tensor | None = None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k, v (B, H_kv, T, D)`` after the cached positions; return all keys and values
@@ -228,6 +232,42 @@ class KVCache:
         """Forget every cached position (the buffers are reallocated on the next use)."""
         self.layers = [LayerKV(self.max_len) for _ in self.layers]
 
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """Key-padding mask ``(B, max_len)`` (``True`` = real token) of the positions cached or
+        about to be, or ``None`` when no padding was ever given (every position real)."""
+        return self.layers[0].mask
+
+    def extend_mask(self, pad_mask: torch.Tensor) -> None:
+        """Record the key-padding mask ``pad_mask (B, T)`` (boolean, ``True`` = real token) of the
+        ``T`` positions about to be appended after the ``length`` cached ones (called by
+        :meth:`dlbook.nn.GPT.features` before its layers run; earlier positions without a mask
+        count as real). Every layer's attention then ignores the padded keys."""
+        b, t = pad_mask.shape
+        start = self.length
+        if start + t > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; {start + t} do not fit")
+        mask = self.mask
+        if mask is None:
+            mask = torch.ones(b, self.max_len, dtype=torch.bool, device=pad_mask.device)
+        elif mask.shape[0] != b:
+            raise ValueError(f"pad_mask has {b} rows but the cache holds {mask.shape[0]}")
+        mask[:, start : start + t] = pad_mask
+        for layer in self.layers:
+            layer.mask = mask
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the batch rows ``rows`` (1-D integer indices, in that order) of every
+        buffer: a batching server drops finished sequences from the cache this way."""
+        for layer in self.layers:
+            for name in ("k", "v", "mask"):
+                buf = getattr(layer, name)
+                if buf is not None:
+                    setattr(layer, name, buf.index_select(0, rows.to(buf.device)))
+        mask = self.layers[0].mask
+        for layer in self.layers:  # index_select copies: share one mask again
+            layer.mask = mask
+
     def nbytes(self) -> int:
         """Bytes held by the key and value buffers (0 before the first use)."""
         return sum(
@@ -270,6 +310,18 @@ def segment_mask(segments: torch.Tensor) -> torch.Tensor:
     t = segments.shape[1]
     same = segments[:, :, None] == segments[:, None, :]  # (B, T, T)
     return (same & causal_mask(t, device=segments.device))[:, None]
+
+
+def _see_self_if_blind(mask: torch.Tensor) -> torch.Tensor:
+    """Let a query that may attend to no key at all attend to its own position, the last
+    ``T_q`` keys being the queries' own (``mask (..., T_q, T_k)`` boolean). A padded query on
+    the left of a left-padded causal row has no real key at or before it; a fully masked row
+    would give NaN (and NaN times a zero weight is still NaN). Rows with a key are unchanged."""
+    t_q, t_k = mask.shape[-2:]
+    blind = ~mask.any(dim=-1, keepdim=True)  # (..., T_q, 1)
+    own = torch.ones(t_q, t_k, dtype=torch.bool, device=mask.device)
+    own = own.tril(t_k - t_q) & ~own.tril(t_k - t_q - 1)  # query i <-> key T_k - T_q + i
+    return mask | (blind & own)
 
 
 # --------------------------------------------------------------------------- multi-head attention
@@ -350,7 +402,7 @@ class MultiHeadAttention(nn.Module):
             raise ValueError("key_padding_mask must be a boolean (B, T) tensor, True = real token")
         mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, T)
         if self.causal:
-            mask = mask & causal_mask(t, device=mask.device)
+            mask = _see_self_if_blind(mask & causal_mask(t, device=mask.device))
         return mask
 
     def forward(
@@ -377,8 +429,9 @@ class MultiHeadAttention(nn.Module):
 
         Raises:
             ValueError: a ``key_padding_mask`` or ``segments`` together with ``kv`` (the cached
-                path has no masks: it would need them over the cached positions too), or
-                both ``key_padding_mask`` and ``segments``.
+                path needs the mask over the cached positions too: it reads it from the cache,
+                ``kv.mask``, written by :meth:`KVCache.extend_mask`), or both
+                ``key_padding_mask`` and ``segments``.
         """
         if segments is not None:
             if kv is not None or key_padding_mask is not None:
@@ -434,6 +487,9 @@ class MultiHeadAttention(nn.Module):
             # Query i sits at position start + i: it may see keys 0 .. start + i, a causal mask
             # aligned to the bottom-right corner (``causal_mask`` aligns to the top-left).
             mask = torch.ones(t_q, t_k, dtype=torch.bool, device=x.device).tril(t_k - t_q)
+        if kv.mask is not None:  # padded keys (KVCache.extend_mask), (B, 1, 1, T_k)
+            keys = kv.mask[:, None, None, :t_k]
+            mask = _see_self_if_blind(keys if mask is None else keys & mask)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, enable_gqa=self.n_kv_head != self.n_head
         )  # (B, H, T, D)

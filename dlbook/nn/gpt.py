@@ -133,6 +133,7 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
+        pad_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits ``(B, T, V)`` for the next token at every position, and the mean cross-entropy
         against ``targets (B, T)`` when given (:data:`~dlbook.nn.losses.IGNORE_INDEX`, ``-100``,
@@ -145,11 +146,21 @@ class GPT(nn.Module):
         example is computed as if it were alone: attention stays inside its segment and
         positions restart at 0 (section 5.6, packing).
 
+        With ``pad_mask (B, T)`` (boolean, ``True`` = real token), prompts of different lengths
+        share one batch (section 6.6, serving): padded keys get no attention weight and each
+        row is computed as if alone. Padding goes on the **left**, so every row's next token
+        is predicted at the last column. With a cache the mask is remembered for the cached
+        positions (:meth:`KVCache.extend_mask`); later calls may pass ``None`` (all real).
+        Learned positions (``wpe``) are counted per row over the real tokens; RoPE needs no
+        change (shifting all positions of a row by the same amount leaves its attention
+        scores unchanged). Logits at padded positions are meaningless.
+
         Raises:
             ValueError: ``T`` (plus the cached positions) ``> block_size``, ids outside
-                ``[0, V)``, mis-shaped targets or segments, or segments with a cache.
+                ``[0, V)``, mis-shaped targets, segments or pad_mask, or segments with a cache
+                or a pad_mask.
         """
-        logits = self.lm_head(self.features(idx, cache, segments))  # (B, T, V)
+        logits = self.lm_head(self.features(idx, cache, segments, pad_mask))  # (B, T, V)
         if targets is None:
             return logits, None
         loss = token_cross_entropy(logits, targets)  # checks the shape; skips IGNORE_INDEX
@@ -160,6 +171,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         cache: KVCache | None = None,
         segments: torch.Tensor | None = None,
+        pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final normalised hidden states ``(B, T, C)`` that :meth:`forward` maps to logits.
 
@@ -179,17 +191,48 @@ class GPT(nn.Module):
                 f"{c.block_size}; crop the input or reset the cache"
             )
         check_ids(idx, c.vocab_size, c.block_size)
+        positions = None
+        if pad_mask is not None or (cache is not None and cache.mask is not None):
+            if pad_mask is None:
+                pad_mask = torch.ones(idx.shape, dtype=torch.bool, device=idx.device)
+            positions = self._pad_positions(idx, pad_mask, cache, segments)
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             if segments is not None:
                 x = x + self.wpe(segment_positions(segments))
+            elif positions is not None:
+                x = x + self.wpe(positions)
             else:
                 x = x + self.wpe(torch.arange(start, start + idx.shape[1], device=idx.device))
         x = self.drop(x)
+        kpm = pad_mask if cache is None else None  # a cache holds its mask (extend_mask)
         for i, block in enumerate(self.blocks):
             kv = None if cache is None else cache.layers[i]
-            x = block(x, rope=self.rope, kv=kv, segments=segments)
+            x = block(x, kpm, rope=self.rope, kv=kv, segments=segments)
         return self.ln_f(x)
+
+    @staticmethod
+    def _pad_positions(
+        idx: torch.Tensor,
+        pad_mask: torch.Tensor,
+        cache: KVCache | None,
+        segments: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Check ``pad_mask (B, T)``, record it in the cache, and return each token's position
+        among the real tokens of its row ``(B, T)`` (padding: 0)."""
+        if segments is not None:
+            raise ValueError("segments (packed examples) cannot be combined with pad_mask")
+        if pad_mask.dtype != torch.bool or pad_mask.shape != idx.shape:
+            raise ValueError(
+                f"pad_mask must be a boolean tensor of the ids' shape {tuple(idx.shape)} "
+                f"(True = real token), got {pad_mask.dtype} {tuple(pad_mask.shape)}"
+            )
+        full = pad_mask
+        if cache is not None:
+            start = cache.length
+            cache.extend_mask(pad_mask)
+            full = cache.mask[:, : start + idx.shape[1]]  # type: ignore[index]
+        return (full.cumsum(dim=1) - 1).clamp(min=0)[:, -idx.shape[1] :]
 
     def generate(
         self,
