@@ -105,16 +105,21 @@ def sample_next(
 
 
 @torch.no_grad()
-def _last_logits(model: Any, idx: torch.Tensor, cache: Any) -> torch.Tensor:
-    """Next-token logits ``(B, V)`` after ``idx (B, T)``. A model with ``features`` (the final
-    hidden states, such as :class:`dlbook.nn.GPT`) maps only the last position through the
-    output layer: for a prompt of ``T`` tokens that skips ``T - 1`` rows of a ``C × V`` matmul,
-    a fifth of the prefill's work for SmolLM2's 49,152-token vocabulary."""
+def last_logits(
+    model: Any, idx: torch.Tensor, cache: Any, pad_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Next-token logits ``(B, V)`` after ``idx (B, T)`` (with ``cache``, after the cached
+    positions too; ``pad_mask (B, T)``, ``True`` = real token, for left-padded rows, passed on
+    only when given). A model with ``features`` (the final hidden states, such as
+    :class:`dlbook.nn.GPT`) maps only the last position through the output layer: for a prompt
+    of ``T`` tokens that skips ``T - 1`` rows of a ``C × V`` matmul, a fifth of the prefill's
+    work for SmolLM2's 49,152-token vocabulary."""
+    extra = {} if pad_mask is None else {"pad_mask": pad_mask}
     features = getattr(model, "features", None)
     if features is None or not hasattr(model, "lm_head"):
-        logits, _ = model(idx, cache=cache) if cache is not None else model(idx)
+        logits, _ = model(idx, cache=cache, **extra) if cache is not None else model(idx, **extra)
         return logits[:, -1, :]
-    return model.lm_head(features(idx, cache)[:, -1, :])
+    return model.lm_head(features(idx, cache, **extra)[:, -1, :])
 
 
 def generate(
@@ -172,12 +177,12 @@ def generate(
         last_stop = torch.zeros_like(finished, dtype=torch.long)
         for _ in range(int(max_new_tokens)):
             if cache is None:
-                logits = _last_logits(model, idx[:, -block_size:], None)
+                logits = last_logits(model, idx[:, -block_size:], None)
             else:
                 if cache.length + 1 > block_size:
                     cache.reset()
                 feed = idx[:, -block_size:] if cache.length == 0 else idx[:, -1:]
-                logits = _last_logits(model, feed, cache)
+                logits = last_logits(model, feed, cache)
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             nxt = torch.where(finished, last_stop, nxt)
             idx = torch.cat([idx, nxt], dim=1)

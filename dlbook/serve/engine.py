@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from dlbook.decoding import check_sampling, sample_next
+from dlbook.decoding import check_sampling, last_logits, sample_next
 
 __all__ = ["BatchingEngine", "EngineBusy", "GenerationRequest", "TokenStream"]
 
@@ -443,15 +443,6 @@ class BatchingEngine:
                 for stream in wave:
                     stream._finish("error", f"{type(e).__name__}: {e}")
 
-    def _logits(self, idx: torch.Tensor, cache: Any, pad_mask: torch.Tensor | None) -> torch.Tensor:
-        """Next-token logits ``(B, V)`` after ``idx (B, T)`` (only the last position is mapped
-        through the output layer when the model has ``features`` and ``lm_head``)."""
-        model = self.model
-        if hasattr(model, "features") and hasattr(model, "lm_head"):
-            return model.lm_head(model.features(idx, cache, pad_mask=pad_mask)[:, -1, :])
-        logits, _ = model(idx, cache=cache, pad_mask=pad_mask)
-        return logits[:, -1, :]
-
     def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
         """One token per row from ``logits (B, V)``: greedy rows in one arg-max, sampled rows
         one by one with their own settings (and generator)."""
@@ -490,7 +481,7 @@ class BatchingEngine:
         idx, pad_mask = idx.to(device), pad_mask.to(device)
         max_new = max(s.request.max_new_tokens for s in wave)
         cache = self.model.new_cache(min(self.block_size, length + max_new))
-        logits = self._logits(idx, cache, pad_mask)  # prefill: (B, V)
+        logits = last_logits(self.model, idx, cache, pad_mask)  # prefill: (B, V)
         while True:
             if self._closed:
                 for row in rows:
@@ -518,4 +509,4 @@ class BatchingEngine:
                 rows = [rows[i] for i in keep]
                 tokens = [tokens[i] for i in keep]
             nxt = torch.tensor(tokens, dtype=torch.long, device=device)[:, None]
-            logits = self._logits(nxt, cache, None)
+            logits = last_logits(self.model, nxt, cache)
