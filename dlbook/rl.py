@@ -219,13 +219,13 @@ class GRPOConfig:
     """One GRPO run on the tasks of :mod:`dlbook.data.tasks`, with a LoRA adapter trained on
     top of a frozen starting policy (which is also the KL reference)."""
 
-    families: tuple[str, ...] = ("add", "sort")
-    steps: int = 14
+    families: tuple[str, ...] = ("larger",)
+    steps: int = 16
     groups: int = 4  # G prompts per step
     samples: int = 8  # K completions per prompt
-    max_new_tokens: int = 16
+    max_new_tokens: int = 8
     temperature: PositiveFloat = 1.0
-    lr: PositiveFloat = 1e-3
+    lr: PositiveFloat = 3e-4
     r: int = 8
     alpha: PositiveFloat = 16.0
     target: tuple[str, ...] = (r"blocks\..*",)
@@ -234,6 +234,7 @@ class GRPOConfig:
     minibatches: int = 1  # gradient steps per batch of rollouts (PPO-style minibatches)
     format_bonus: float = 0.1
     n_test: int = 100
+    eval_every: NonNegativeInt = 4  # greedy held-out evaluation every so many steps (0: none)
     seed: NonNegativeInt = 0
 
     def __post_init__(self) -> None:
@@ -305,6 +306,7 @@ def grpo_train(
     generator: torch.Generator | None = None,
     reward_fn: Callable[[object, str], float] | None = None,
     progress: bool = True,
+    eval_fn: Callable[[object], float] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``policy``'s parameters that require gradients with GRPO for ``config.steps``
     steps of ``config.groups`` prompts from ``tasks`` (taken in order) × ``config.samples``
@@ -312,7 +314,10 @@ def grpo_train(
     answers (``correct``) and of well-formed wrong ones (``formed_wrong``), the mean completion
     length in tokens, the number of groups with any signal (rewards not all equal), the loss,
     KL, clipped share, gradient norm and seconds. ``reward_fn(task, text)`` defaults to
-    :func:`dlbook.data.tasks.reward` with ``config.format_bonus``."""
+    :func:`dlbook.data.tasks.reward` with ``config.format_bonus``. With ``eval_fn(policy)``
+    and ``config.eval_every > 0``, it is called after every ``eval_every``-th step (not after
+    the last: the caller evaluates the result) and the history gains ``eval_step`` and
+    ``eval_score``."""
     from dlbook.data.tasks import exact_match, reward, well_formed
 
     need = config.steps * config.groups
@@ -357,6 +362,12 @@ def grpo_train(
         }
         for key, value in row.items():
             history.setdefault(key, []).append(float(value))
+        done = step + 1
+        if eval_fn is not None and config.eval_every and done % config.eval_every == 0 \
+                and done < config.steps:
+            history.setdefault("eval_step", []).append(float(done))
+            history.setdefault("eval_score", []).append(float(eval_fn(policy)))
+            policy.eval()
         bar.set_postfix(reward=f"{row['reward']:.3f}", right=f"{row['correct']:.2f}")
     return history
 
@@ -408,7 +419,8 @@ def grpo_run(model, tokenizer, sft_config, config: GRPOConfig, device=None) -> t
         generator = torch.Generator(device=next(policy.parameters()).device)
         generator.manual_seed(config.seed)
         start = time.perf_counter()
-        history = grpo_train(policy, tokenizer, train, config, reference, generator)
+        history = grpo_train(policy, tokenizer, train, config, reference, generator,
+                             eval_fn=lambda m: evaluate(m, tokenizer, test, exact_match).mean)
         train_seconds = time.perf_counter() - start
         after = evaluate(policy, tokenizer, test, exact_match)
         record = {
@@ -429,13 +441,15 @@ def grpo_run(model, tokenizer, sft_config, config: GRPOConfig, device=None) -> t
 
 def book_grpo_config() -> GRPOConfig:
     """The GRPO run of section 5.8 for the current profile: ``smoke`` two tiny steps, ``book``
-    a few minutes on a CPU (too short to improve the model: section 5.8 shows why), ``full`` a
-    longer run for a GPU (not yet validated)."""
+    a few minutes on a CPU on the ``larger`` family, ``full`` a longer run on three families for
+    a GPU (not yet validated)."""
     from dlbook.config import pick
 
     return pick(
-        smoke=GRPOConfig(steps=2, groups=2, samples=2, max_new_tokens=4, n_test=4),
+        smoke=GRPOConfig(steps=2, groups=2, samples=2, max_new_tokens=4, n_test=4,
+                         eval_every=1),
         book=GRPOConfig(),
-        full=GRPOConfig(steps=200, groups=16, samples=16, minibatches=4, kl_coef=0.02,
-                        lr=3e-4, n_test=400),
+        full=GRPOConfig(families=("add", "sort", "larger"), steps=200, groups=16, samples=16,
+                        max_new_tokens=16, minibatches=4, kl_coef=0.02, lr=1e-4, n_test=400,
+                        eval_every=20),
     )

@@ -255,11 +255,20 @@ def test_grpo_train_learns_a_toy_reward():
     policy, tok = _tiny_policy(seed=3), CharTokenizer()
     policy.requires_grad_(True)  # every weight: a tiny model learns fast
     tasks = [ToyTask(p, "e") for p in ["abc", "bcd", "cab", "dab"] * 10]
-    config = GRPOConfig(steps=20, groups=2, samples=8, max_new_tokens=2, lr=0.03)
+    config = GRPOConfig(steps=20, groups=2, samples=8, max_new_tokens=2, lr=0.03, eval_every=6)
+    evaluated = []
+
+    def eval_fn(model):
+        evaluated.append(model is policy)
+        return 0.5
+
     history = grpo_train(policy, tok, tasks, config, generator=torch.Generator().manual_seed(0),
-                         reward_fn=lambda t, c: float(c.startswith(t.answer)))
+                         reward_fn=lambda t, c: float(c.startswith(t.answer)), eval_fn=eval_fn)
     assert set(history) >= {"reward", "correct", "formed_wrong", "length", "kl", "seconds"}
     assert len(history["reward"]) == 20
+    # evaluated after steps 6, 12 and 18, on the policy being trained (not after the last)
+    assert history["eval_step"] == [6.0, 12.0, 18.0] and evaluated == [True] * 3
+    assert history["eval_score"] == [0.5] * 3
     first, last = sum(history["reward"][:5]) / 5, sum(history["reward"][-5:]) / 5
     assert first < 0.2 and last > 0.8, (first, last)
 

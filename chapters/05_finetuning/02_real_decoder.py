@@ -474,11 +474,11 @@ if checks_enabled():
 # library's rate corresponds to reading {glue}`s5_2_bandwidth` GB of weights per second. On
 # the machine that built this page, matrix products took {glue}`s5_2_matmul_share` of a
 # step's CPU time; the rest is attention, RoPE, norms and the per-step overhead (on a machine
-# shared with other jobs, waiting threads inflate the small operations). The library computes queries, keys and values with one fused product instead of
-# three; what it could still save is the per-step Python and the logits of every prompt
-# position (only the last one's are needed). The larger levers are a smaller
-# dtype (half the bytes per weight) and batching several sequences, which reuses each weight
-# read.
+# shared with other jobs, waiting threads inflate the small operations). The library computes
+# queries, keys and values with one fused product instead of three, and maps only the last
+# position of the prompt through the output layer (`dlbook.decoding.last_logits`); what it
+# could still save is the per-step Python. The larger levers are a smaller dtype (half the
+# bytes per weight) and batching several sequences, which reuses each weight read.
 #
 # ## Bad input
 #

@@ -14,42 +14,36 @@
 # This section writes the pieces from scratch in `dlbook.rl`: the policy-gradient estimate and
 # why a baseline helps, PPO's clipped objective, GRPO's group-relative advantages and its KL
 # estimate, and a rule-based reward. It then trains the SFT model of {doc}`06_sft` with GRPO on
-# two of its task families, plots the reward, and compares held-out accuracy before and after;
-# the short run a CPU affords fails, and the failure shows what RL needs.
+# one of its task families, plots the reward, and measures held-out accuracy before, during
+# and after; what made this short CPU run work says much about what RL needs.
 # The last part relates all this to RLHF with a *learned* reward model, and to DPO
 # ({doc}`07_dpo`).
 
 # %%
-import json
 import math
-from dataclasses import dataclass
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from scipy.stats import binomtest
+from scipy.stats import binomtest, linregress
 
-from dlbook import checks_enabled, pick, seed_everything
-from dlbook.artifacts import cached_run
+from dlbook import checks_enabled, seed_everything
 from dlbook.book import error_message, glue
-from dlbook.checkpoint import read_json
 from dlbook.data.tasks import Task, exact_match, make_tasks, reward, well_formed
 from dlbook.device import get_device
 from dlbook.hub import load
-from dlbook.lora import apply_lora
 from dlbook.rl import (
-    GRPOConfig,
     book_grpo_config,
     group_advantages,
     grpo_loss,
     grpo_run,
-    grpo_train,
     kl_estimate,
     prompt_ids,
     rollout_batch,
     stop_token,
 )
-from dlbook.sft import book_sft_config, load_sft_model, sft_run
+from dlbook.sft import book_sft_config
 
 generator = seed_everything(0)
 
@@ -256,12 +250,19 @@ glue("s5_8_prompt_tokens", len(p_ids))
 # compute of a training step goes into prompts, which is why the run below is small.
 #
 # Which prompts to train on matters as much as the algorithm. A group teaches something only
-# if its samples differ in reward, so the prompts must be neither always solved nor never. Of
-# the four task families, section 5.6 measured `larger` as the easiest for the SFT model and
-# `convert` as the hardest (by 60 or 24 it rarely multiplies right): their groups tend to be
-# uniform. `add` and `sort` lie in between, so `dlbook.rl.grpo_run` trains on
-# those two. The run is cached like the SFT run, keyed by its configuration; before and after
-# it, the policy answers held-out questions of the same families greedily.
+# if its samples differ in reward, so the prompts must be neither always solved nor never. And
+# what the groups of one step teach must carry over to the prompts of the next, or the steps
+# pull in unrelated directions. Of the four task families, section 5.6 measured `convert` as
+# the hardest for the SFT model (by 60 or 24 it rarely multiplies right, so its groups tend to
+# be uniformly wrong) and `larger` as the easiest, yet `larger` is not solved: of the SFT
+# model's {glue}`s5_8_wrong_before` wrong answers to the held-out questions below,
+# {glue}`s5_8_smaller_first` name the *smaller* number when it comes first and
+# {glue}`s5_8_smaller_second` when it comes second. Comparing two numbers is one skill shared
+# by every question of the family, so a correction learned on one group helps the next, unlike
+# addition, where what one group teaches (that 57 + 96 is 153) says little about 38 + 45.
+# `dlbook.rl.grpo_run` therefore trains on `larger`. The run is cached like the SFT run, keyed
+# by its configuration; the policy answers the held-out questions greedily before, every
+# {glue}`s5_8_eval_every` steps during, and after training.
 
 # %%
 sft_config = book_sft_config()
@@ -270,58 +271,74 @@ print(config)
 record, adapter_path = grpo_run(base, tokenizer, sft_config, config, device=get_device())
 h = {k: np.array(v) for k, v in record["history"].items()}
 steps = len(h["reward"])
-n_seq = config.groups * config.samples
 print(f"{steps} steps of {config.groups} × {config.samples} completions, "
-      f"{record['train_seconds']:.0f} s ({h['sample_seconds'].mean():.1f} s sampling and "
+      f"{h['seconds'].sum():.0f} s ({h['sample_seconds'].mean():.1f} s sampling and "
       f"{(h['seconds'] - h['sample_seconds']).mean():.1f} s updating per step)")
 for i in range(steps):
-    print(f"step {i:3d}: reward {h['reward'][i]:.3f}  right {h['correct'][i]:.2f}  "
+    print(f"step {i + 1:3d}: reward {h['reward'][i]:.3f}  right {h['correct'][i]:.2f}  "
           f"well-formed but wrong {h['formed_wrong'][i]:.2f}  length {h['length'][i]:.1f}  "
           f"groups with signal {h['groups_with_signal'][i]:.0f}/{config.groups}")
 
-window = max(1, steps // 3)
-first, last = h["reward"][:window].mean(), h["reward"][-window:].mean()
 before, after = record["before"], record["after"]
+# the held-out curve: before, during (every eval_every steps) and after training
+eval_x = np.concatenate([[0], h.get("eval_step", np.array([])), [steps]])
+eval_y = np.concatenate([[before["exact_match"][0]], h.get("eval_score", np.array([])),
+                         [after["exact_match"][0]]])
+trend = linregress(np.arange(1, steps + 1), h["reward"])
+window = max(1, steps // 4)
+first, last = h["reward"][:window].mean(), h["reward"][-window:].mean()
+print(f"sample reward: first {window} steps {first:.3f}, last {window} {last:.3f}; "
+      f"trend {trend.slope:+.4f} per step (p = {trend.pvalue:.2g})")
+print("held-out exact match at steps", eval_x.astype(int).tolist(), np.round(eval_y, 2).tolist())
 glue("s5_8_steps", steps)
 glue("s5_8_G", config.groups)
 glue("s5_8_K", config.samples)
 glue("s5_8_lr", config.lr, ".0e")
+glue("s5_8_sft_lr", sft_config.lr, ".0e")
+glue("s5_8_lr_ratio", sft_config.lr / config.lr, ".1f")
+glue("s5_8_sft_batch", sft_config.examples_per_step)
+glue("s5_8_eval_every", config.eval_every)
 glue("s5_8_trainable", record["trainable"], ",")
-glue("s5_8_train_s", record["train_seconds"], ".0f")
+glue("s5_8_train_s", h["seconds"].sum(), ".0f")
 glue("s5_8_window", window)
 glue("s5_8_reward_first", first, ".2f")
 glue("s5_8_reward_last", last, ".2f")
+glue("s5_8_slope", trend.slope * steps, ".2f")
+glue("s5_8_slope_p", trend.pvalue, ".2g")
 glue("s5_8_signal", h["groups_with_signal"].mean() / config.groups, ".0%")
-step_sd = h["reward"].std(ddof=1)
-diff_se = step_sd * math.sqrt(2 / window)  # of the difference of two window means
-glue("s5_8_step_sd", step_sd, ".2f")
-glue("s5_8_diff_se", diff_se, ".2f")
+glue("s5_8_step_sd", h["reward"].std(ddof=1), ".2f")
 
-fig, ax = plt.subplots(figsize=(7, 3.8))
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+ax = axes[0]
 x = np.arange(1, steps + 1)
-ax.plot(x, h["reward"], "o-", ms=3, alpha=0.5, label="mean reward of the step")
-k_ma = max(1, min(5, steps // 3))
-moving = np.convolve(h["reward"], np.ones(k_ma) / k_ma, mode="valid")
-ax.plot(x[k_ma - 1:], moving, lw=2.5, label=f"moving average ({k_ma} steps)")
-ax.plot(x, h["correct"], ":", label="share exactly right")
+ax.plot(x, h["reward"], "o-", ms=3, alpha=0.5, label="mean reward of the step's samples")
+ax.plot(x, trend.intercept + trend.slope * x, lw=2.5, label="linear trend")
 ax.plot(x, h["formed_wrong"], ":", label="share well-formed but wrong")
-ax.set(xlabel="GRPO step", ylabel="share / reward", ylim=(-0.02, 1.02),
-       title=f"GRPO on the SFT model ({config.groups} prompts × {config.samples} samples)")
-ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+ax.set(xlabel="GRPO step", ylabel="reward / share", ylim=(-0.02, 1.02),
+       title=f"training samples ({config.groups} prompts × {config.samples}, T = 1)")
+ax.legend(fontsize=8, loc="center right")
+ax = axes[1]
+ax.plot(eval_x, eval_y, "s-", color="C2")
+ax.fill_between([0, steps], before["exact_match"][1], before["exact_match"][2], color="grey",
+                alpha=0.2, label="95 % interval before")
+ax.set(xlabel="GRPO step", ylabel="exact match", ylim=(0.5, 1.0),
+       title=f"held-out questions (greedy, {len(before['scores'])})")
+ax.legend(fontsize=8, loc="lower right")
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
 # In {glue}`s5_8_steps` steps of {glue}`s5_8_G` prompts × {glue}`s5_8_K` samples
 # ({glue}`s5_8_train_s` s, a LoRA adapter of {glue}`s5_8_trainable` parameters, learning rate
-# {glue}`s5_8_lr`), the mean reward of the samples was {glue}`s5_8_reward_first` over the
-# first {glue}`s5_8_window` steps and {glue}`s5_8_reward_last` over the last
-# {glue}`s5_8_window`. From one step to the next it swings with a standard deviation of
-# {glue}`s5_8_step_sd` (every step draws {glue}`s5_8_G` new prompts, some easy and some hard);
-# the difference between the two windows is within two standard errors of zero (its standard
-# error is {glue}`s5_8_diff_se`). On average {glue}`s5_8_signal` of the groups had a
-# signal (not all completions scoring the same). The curve is measured on samples at
-# temperature 1; the greedy answers on held-out questions are next.
+# {glue}`s5_8_lr`), the mean reward of the training samples was {glue}`s5_8_reward_first`
+# over the first {glue}`s5_8_window` steps and {glue}`s5_8_reward_last` over the last
+# {glue}`s5_8_window`. It is a noisy curve: every step draws {glue}`s5_8_G` new prompts, some
+# easy and some hard, and from one step to the next the reward swings with a standard
+# deviation of {glue}`s5_8_step_sd`. A straight line fitted through it rises by
+# {glue}`s5_8_slope` over the run ($p =$ {glue}`s5_8_slope_p` for a zero slope). On average
+# {glue}`s5_8_signal` of the groups had a signal (not all completions scoring the same). The
+# right panel is the measure that counts: greedy answers to held-out questions the training
+# never saw.
 
 # %%
 n_test = len(before["scores"])
@@ -333,9 +350,23 @@ print(f"held-out exact match ({n_test} questions): before {before['exact_match']
       f"[{before['exact_match'][1]:.1%}, {before['exact_match'][2]:.1%}], after "
       f"{after['exact_match'][0]:.1%} [{after['exact_match'][1]:.1%}, "
       f"{after['exact_match'][2]:.1%}]")
-print("by family: before", before["by_family"], "after", after["by_family"])
 print(f"questions gained {gained}, lost {lost}; sign test p = {p_value:.3g}")
 print(f"well-formed answers: before {before['well_formed']:.0%}, after {after['well_formed']:.0%}")
+test_tasks = make_tasks(n_test, "test", families=config.families)
+wrong_kinds = []  # of the SFT model's wrong answers: where the smaller number stood, if named
+for t, c in zip(test_tasks, before["completions"], strict=True):
+    a, b = map(int, re.findall(r"\d+", t.prompt))
+    if not exact_match(t, c):
+        named_smaller = c.strip() == str(min(a, b))
+        wrong_kinds.append(("first" if a < b else "second") if named_smaller else "other")
+print(f"the SFT model's {len(wrong_kinds)} wrong answers: the smaller number when it came "
+      f"first {wrong_kinds.count('first')}, second {wrong_kinds.count('second')}, "
+      f"something else {wrong_kinds.count('other')}")
+glue("s5_8_wrong_before", len(wrong_kinds))
+glue("s5_8_smaller_first", wrong_kinds.count("first"))
+glue("s5_8_smaller_second", wrong_kinds.count("second"))
+if checks_enabled():
+    assert wrong_kinds.count("first") > 0 and wrong_kinds.count("second") > 0
 glue("s5_8_n_test", n_test)
 glue("s5_8_before", before["exact_match"][0], ".0%")
 glue("s5_8_after", after["exact_match"][0], ".0%")
@@ -347,119 +378,66 @@ glue("s5_8_p", p_value, ".2g")
 glue("s5_8_formed_before", before["well_formed"], ".0%")
 glue("s5_8_formed_after", after["well_formed"], ".0%")
 if checks_enabled():
-    # What this short run shows (and the prose says): no rise of the sample reward beyond its
-    # noise, and a held-out accuracy that fell, with more questions lost than gained.
-    assert abs(last - first) < 2 * diff_se
-    assert after["exact_match"][0] < before["exact_match"][0] and lost > gained
+    # the improvement this section claims: held-out accuracy up, beyond chance, and a rising
+    # sample reward
+    assert after["exact_match"][0] >= before["exact_match"][0] + 0.08
+    assert gained > 2 * lost and p_value < 0.01
+    assert trend.slope > 0 and last > first
 
 # %% [markdown]
 # On {glue}`s5_8_n_test` held-out questions, greedy exact match went from
 # {glue}`s5_8_before` (95 % interval {glue}`s5_8_before_ci`) to {glue}`s5_8_after`
 # ({glue}`s5_8_after_ci`): {glue}`s5_8_gained` questions that the SFT model got wrong are now
 # right, and {glue}`s5_8_lost` that it got right are now wrong. Counting only the questions
-# that changed, a sign test gives $p =$ {glue}`s5_8_p`.
+# that changed, a sign test gives $p =$ {glue}`s5_8_p`: the policy learned from its own
+# attempts, with no demonstration, to compare numbers better than the model it started from,
+# on questions it never trained on.
 #
-# So this short run did not work: the reward did not rise measurably, and the greedy answers
-# got *worse*. The one-prompt check below points to the size of the run rather than a bug. A
-# step estimates the
-# policy gradient from {glue}`s5_8_G` prompts; whatever the model is meant to learn from one
-# prompt's group (that 57 + 96 is 153) says little about the next prompt, so most of the
-# estimate is noise. Adam then scales every parameter's step to about the learning rate,
-# whether its gradient is signal or noise, so each update moves all the adapter's parameters
-# by a similar amount in largely random directions, and a handful of such steps disturbs what
-# SFT taught more than it teaches anything new. Supervised fine-tuning, whose gradient points
-# the same way for every example, tolerated twice this learning rate with 16 examples per
-# step. GRPO as
-# published uses groups of 64 completions, batches of 1024 and a learning rate of 1e-6 on the
-# whole model {cite:p}`shao2024deepseekmath`: many samples, small steps. The `full`
-# profile of this page trains for 200 steps of 16 prompts × 16 samples, with four gradient
-# steps per batch (so the clipping acts) and a KL penalty, which needs a GPU; we report no
-# result for it here.
-#
-# Is it really the noise, and not a bug? Remove the noise and see: give GRPO a single prompt,
-# the same at every step, with the same learning rate. Now every group asks the same question,
-# and the gradient points the same way each time.
-
-# %%
-@dataclass(frozen=True)
-class OnePromptConfig:
-    """GRPO on one training prompt, repeated at every step (a check of the machinery)."""
-
-    prompt: str = "What is 16 + 56? Answer with the number only."
-    answer: str = "72"
-    steps: int = 8
-    samples: int = 16
-    lr: float = 1e-3
-    seed: int = 0
-
-
-def one_prompt_run(cfg: OnePromptConfig) -> dict:
-    """The per-step history of GRPO on ``cfg.prompt`` alone, cached."""
-
-    def build(directory):
-        _, sft_adapter = sft_run(base, tokenizer, sft_config)
-        policy = load_sft_model(base, sft_adapter, sft_config)
-        torch.manual_seed(cfg.seed)
-        apply_lora(policy, list(config.target), r=config.r, alpha=config.alpha)
-        one = GRPOConfig(families=("add",), steps=cfg.steps, groups=1, samples=cfg.samples,
-                         lr=cfg.lr, n_test=1)
-        hist = grpo_train(policy, tokenizer, [Task(cfg.prompt, cfg.answer, "add")] * cfg.steps,
-                          one, generator=torch.Generator().manual_seed(cfg.seed))
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "history.json").write_text(json.dumps(hist))
-        return hist
-
-    def load_history(directory):
-        return read_json(directory / "history.json", "no history.json")
-
-    return cached_run("smollm2-grpo-one-prompt", cfg, build, load_history)[0]
-
-
-one_cfg = pick(smoke=OnePromptConfig(steps=2, samples=2), book=OnePromptConfig())
-one = one_prompt_run(one_cfg)
-print("reward per step:", np.round(one["reward"], 2))
-print("share right:    ", np.round(one["correct"], 2))
-fig, ax = plt.subplots(figsize=(6, 2.8))
-ax.plot(np.arange(1, len(one["reward"]) + 1), one["reward"], "o-", label="mean reward")
-ax.plot(np.arange(1, len(one["correct"]) + 1), one["correct"], ":", label="share exactly right")
-ax.set(xlabel="GRPO step", ylim=(-0.02, 1.02), title=f"one prompt: {one_cfg.prompt[:19]}…")
-ax.legend(fontsize=8)
-fig.tight_layout()
-plt.show()
-glue("s5_8_one_first", one["reward"][0], ".2f")
-glue("s5_8_one_last", one["reward"][-1], ".2f")
-glue("s5_8_one_steps", len(one["reward"]))
-if checks_enabled():
-    assert one["reward"][0] < 0.6 and min(one["reward"][-3:]) > 0.9
-
-# %% [markdown]
-# On one prompt, the same learning rate takes the mean reward of the {glue}`s5_8_one_steps`
-# steps' samples from {glue}`s5_8_one_first` to {glue}`s5_8_one_last`: the samples
-# converge on "72". The machinery works; what it learned is one answer, not addition. With
-# many different prompts, what one group teaches must add up across groups to something
-# general, and that takes far more samples than a CPU can draw in minutes.
+# Two choices made this short run work, and both are about noise. The first is the task: one
+# skill shared by every prompt, as argued above. The second is the step size. A step
+# estimates the policy gradient from {glue}`s5_8_G` groups, and most of that estimate is
+# noise; Adam scales every parameter's step to about the learning rate whether its gradient is
+# signal or noise, so a large learning rate moves the adapter in largely random directions and
+# disturbs what SFT taught faster than the signal accumulates. The learning rate here is
+# {glue}`s5_8_lr`, {glue}`s5_8_lr_ratio` times smaller than the {glue}`s5_8_sft_lr` that
+# SFT used with {glue}`s5_8_sft_batch` examples per step (Exercise 5 asks what happens at the SFT's rate). GRPO as published uses groups of 64 completions, batches of 1024 and a learning rate
+# of 1e-6 on the whole model {cite:p}`shao2024deepseekmath`: many samples, small steps. Tasks
+# whose skill does not transfer from prompt to prompt (addition, sorting) need that scale;
+# the `full` profile of this page trains on `add`, `sort` and `larger` for 200 steps of 16
+# prompts × 16 samples, with four gradient steps per batch (so the clipping acts) and a KL
+# penalty, which needs a GPU; we report no result for it here.
 #
 # ## Reward hacking
 #
 # A policy optimises the reward it is given, not the intention behind it. When the two differ,
 # it finds the difference: that is **reward hacking**. Our reward has one soft spot, the format
 # bonus, which pays 0.1 for *any* well-formed number. A policy that answered every question with
-# the same number would collect it without ever being right. Did GRPO go that way? The share
-# of well-formed but wrong samples is the dotted line of the figure, and the held-out answers
-# were well-formed {glue}`s5_8_formed_before` of the time before and
-# {glue}`s5_8_formed_after` after. Wrong answers did become more frequent, but the form did
-# not change, and a well-formed wrong answer pays less than the right answers the model gave
-# before: we see the damage of noisy updates rather than a strategy for the bonus.
+# the same number would collect it without ever being right. A comparison question has a
+# second soft spot: a policy that always names the number that comes *first* is right about
+# half the time, without comparing anything. Did GRPO go either way? The share of well-formed
+# but wrong samples is the dotted line of the figure, and the held-out answers were
+# well-formed {glue}`s5_8_formed_before` of the time before and {glue}`s5_8_formed_after`
+# after. After training, the answer was the first of the two numbers in
+# {glue}`s5_8_first_after` of the held-out questions, and the larger number comes first in
+# {glue}`s5_8_larger_first` of them: the policy follows the numbers, not their position.
 #
-# What decides it is the size of the bonus relative to what right answers pay. Score three
-# fixed policies under our reward and under a reward for the form alone, on the held-out
-# questions: the SFT model's own greedy answers, a constant answer, and an explanation.
+# What decides it is what each strategy pays. Score four fixed policies under our reward and
+# under a reward for the form alone, on the held-out questions: the SFT model's own greedy
+# answers, a constant answer, always the first number, and an explanation.
 
 # %%
-test_tasks = make_tasks(n_test, "test", families=config.families)
+first_numbers = [re.findall(r"\d+", t.prompt)[0] for t in test_tasks]
+first_after = np.mean([c.strip() == f for c, f in zip(after["completions"], first_numbers,
+                                                        strict=True)])
+larger_first = np.mean([t.answer == f for t, f in zip(test_tasks, first_numbers, strict=True)])
+glue("s5_8_first_after", first_after, ".0%")
+glue("s5_8_larger_first", larger_first, ".0%")
+if checks_enabled():
+    assert abs(first_after - larger_first) < 0.1
 policies = {
     "SFT model (greedy)": before["completions"],
     'always "100"': ["100"] * n_test,
+    "always the first number": first_numbers,
     'always "The answer is …"': ["The answer is 42."] * n_test,
 }
 rows = {}
@@ -470,17 +448,21 @@ for name, completions in policies.items():
     rows[name] = (ours, form_only, right)
     print(f"{name:26s} reward {ours:.3f}   form-only reward {form_only:.2f}   right {right:.0%}")
 glue("s5_8_const_reward", rows['always "100"'][0], ".2f")
+glue("s5_8_first_reward", rows["always the first number"][0], ".2f")
 glue("s5_8_sft_reward", rows["SFT model (greedy)"][0], ".2f")
 assert rows['always "100"'][1] == 1.0 >= rows["SFT model (greedy)"][1]
 if checks_enabled():
-    assert rows['always "100"'][0] < rows["SFT model (greedy)"][0]
+    assert rows['always "100"'][0] < rows["always the first number"][0]
+    assert rows["always the first number"][0] < rows["SFT model (greedy)"][0]
 
 # %% [markdown]
-# Under our reward the constant answer earns {glue}`s5_8_const_reward` per question against
-# {glue}`s5_8_sft_reward` for the SFT model: collapsing to it would *lower* the reward, so the
+# Under our reward the constant answer earns {glue}`s5_8_const_reward` per question, always
+# naming the first number {glue}`s5_8_first_reward`, and the SFT model
+# {glue}`s5_8_sft_reward`: collapsing to either shortcut would *lower* the reward, so the
 # gradient does not push that way. Under a reward for the form alone, the constant answer is
 # optimal, as good as any correct answer, and GRPO would have every reason to find it (it is
-# easier than arithmetic). The general lesson: whatever a reward pays for that is easier than
+# easier than comparing numbers). A model right on fewer than half of the questions would gain
+# from the position shortcut even under our reward. The general lesson: whatever a reward pays for that is easier than
 # the task, the policy tends to learn first. Verifiable rewards make the gap visible; with a
 # learned reward model, optimising too hard against it is known to lower the true quality
 # {cite:p}`gao2023scaling`.
@@ -532,12 +514,11 @@ if checks_enabled():
 # * GRPO takes the baseline from a group of $K$ samples of the same prompt, standardised, and
 #   needs no value network; groups whose samples all score the same carry no signal.
 # * With a rule-based reward (exact answer, plus 0.1 for the right form), a short CPU run of
-#   {glue}`s5_8_steps` steps did not raise the sample reward beyond its noise
-#   ({glue}`s5_8_reward_first` → {glue}`s5_8_reward_last`), and held-out exact match fell from
-#   {glue}`s5_8_before` to {glue}`s5_8_after`: with so few samples per step the gradient is
-#   mostly noise, and RL needs many more samples and smaller steps than SFT. On a single
-#   repeated prompt, where the signal is consistent, the same settings took the reward from
-#   {glue}`s5_8_one_first` to {glue}`s5_8_one_last` in {glue}`s5_8_one_steps` steps.
+#   {glue}`s5_8_steps` steps on the `larger` questions raised held-out exact match from
+#   {glue}`s5_8_before` to {glue}`s5_8_after` (sign test $p =$ {glue}`s5_8_p`), with no
+#   demonstrations. It worked because every prompt exercised the same skill and the steps were
+#   small; the sample reward itself is noisy from step to step ({glue}`s5_8_reward_first` →
+#   {glue}`s5_8_reward_last` between the first and last {glue}`s5_8_window` steps).
 # * A reward that pays for something easier than the task gets hacked; RLHF's learned reward
 #   models invite it most, which is why all these methods keep a KL leash to the reference.
 #
@@ -670,5 +651,27 @@ for k in (2, 4, 8, 16):
 assert 1 - 0.05**8 - 0.95**8 < 0.4 < 1 - 0.3**8 - 0.7**8
 
 # %% [markdown]
+# ```{solution-end}
+# ```
+#
+# ```{exercise-start}
+# :label: ex-5-8-5
+# ```
+# Run `grpo_run` twice more with one change each: `GRPOConfig(lr=2e-3)` (the SFT's learning
+# rate), and `GRPOConfig(families=("add", "sort"), max_new_tokens=16)`. Compare the held-out
+# curves with the one above. What do the two changes have in common?
+# ```{exercise-end}
+# ```
+#
+# ```{solution-start} ex-5-8-5
+# :class: dropdown
+# ```
+# Expect neither to improve held-out exact match, and the first to lower it. Both raise the
+# share of noise in each update: the larger learning rate lets every noisy step move the
+# adapter further, and on `add` and `sort` what one group teaches carries over little to the
+# next prompt, so the signal no longer adds up across steps while the noise still does. Each
+# run takes as long as the one above (the cache keys them by their configuration, so the
+# section's own run is not overwritten).
+#
 # ```{solution-end}
 # ```
