@@ -658,8 +658,10 @@ def macro_f1(pred: torch.Tensor, target: torch.Tensor, n_classes: int | None = N
 # --------------------------------------------------------------------------- R8, cached
 
 
-Method = Literal["frozen", "top", "full"]
-METHODS = ("frozen", "top", "full")
+Method = Literal["frozen", "top", "full", "lora"]
+METHODS = ("frozen", "top", "full", "lora")
+#: The encoder's linear layers that ``method="lora"`` adapts: all of attention and the MLP.
+LORA_TARGET = r"blocks\.\d+\.(attn|mlp)\.(c_attn|c_proj|c_fc)$"
 
 
 @dataclass
@@ -668,8 +670,11 @@ class R8Config:
 
     Attributes:
         method: ``"frozen"`` (a linear head on the frozen encoder's pooled output),
-            ``"top"`` (the top ``top_k`` blocks and the head), ``"full"`` (every parameter).
+            ``"top"`` (the top ``top_k`` blocks and the head), ``"full"`` (every parameter),
+            ``"lora"`` (LoRA adapters on every attention and MLP layer, see
+            :data:`LORA_TARGET` and :mod:`dlbook.lora`, and the head).
         top_k: layers trained by ``"top"``.
+        lora_r, lora_alpha: the adapters' rank and scale (``"lora"`` only).
         model: the :func:`dlbook.hub.load` name of the encoder.
         pooling: ``"mean"`` or ``"cls"``.
         max_len: WordPiece tokens per document, ``[CLS]`` and ``[SEP]`` included.
@@ -682,8 +687,10 @@ class R8Config:
         seed: seed of the subset, the head's initialisation, the batch order and dropout.
     """
 
-    method: Literal["frozen", "top", "full"] = "full"
+    method: Literal["frozen", "top", "full", "lora"] = "full"
     top_k: NonNegativeInt = 2
+    lora_r: Annotated[int, Interval("[1, inf)")] = 8
+    lora_alpha: PositiveFloat = 16.0
     model: str = "minilm-l6"
     pooling: Literal["mean", "cls"] = "mean"
     max_len: Annotated[int, Interval("[3, inf)")] = 128
@@ -711,8 +718,9 @@ class R8Config:
         )
 
     def trained_layers(self, n_layer: int) -> int:
-        """Encoder blocks that train: 0, ``top_k`` or all ``n_layer``."""
-        return {"frozen": 0, "top": self.top_k, "full": n_layer}[self.method]
+        """Encoder blocks whose own weights train: 0, ``top_k`` or all ``n_layer`` (``"lora"``:
+        0, the adapters train instead)."""
+        return {"frozen": 0, "top": self.top_k, "full": n_layer, "lora": 0}[self.method]
 
 
 # The book's runs by profile. `book` is sized for a 2-core CPU: documents cut to 128 tokens,
@@ -727,12 +735,14 @@ _PROFILE_CONFIGS: dict[str, dict[str, R8Config]] = {
                            head_lr=1e-2, weight_decay=0.0),
         "top": R8Config(method="top", n_train=1500, steps=120, lr=1e-4),
         "full": R8Config(method="full", n_train=1500, steps=40, lr=1e-4),
+        "lora": R8Config(method="lora", n_train=1500, steps=40, lr=1e-3),
     },
     "full": {
         "frozen": R8Config(method="frozen", steps=3000, batch_size=64, head_lr=1e-2,
                            weight_decay=0.0),
         "top": R8Config(method="top", steps=1000),
         "full": R8Config(method="full", steps=1000),
+        "lora": R8Config(method="lora", steps=1000, lr=5e-4),
     },
 }
 
@@ -852,6 +862,16 @@ def _new_classifier(config: R8Config, n_classes: int) -> tuple[SequenceClassifie
 
 
 
+def _add_adapters(model: SequenceClassifier, config: R8Config) -> None:
+    """LoRA on every attention and MLP layer of ``model``'s encoder (seeded A, zero B), with
+    everything else frozen but the head."""
+    from dlbook.lora import apply_lora
+
+    torch.manual_seed(config.seed)  # the adapters' initial A
+    apply_lora(model.encoder, LORA_TARGET, r=config.lora_r, alpha=config.lora_alpha)
+    model.head.requires_grad_(True)
+
+
 class _HeadOnly(nn.Module):
     """``(features (B, C), mask ignored)`` → logits ``(B, K)``: the classifier's head alone,
     trained on cached pooled features of the frozen encoder."""
@@ -903,11 +923,14 @@ def _build_r8(directory: Path, config: R8Config, progress: bool) -> FinetunedCla
     if config.method == "top" and not 1 <= config.top_k < n_layer:
         raise ValueError(f"top_k must lie in [1, {n_layer - 1}] for this encoder, "
                          f"got {config.top_k}")
-    freeze(model, ".*" if config.method == "full" else config.trained_layers(n_layer))
+    if config.method == "lora":
+        _add_adapters(model, config)
+    else:
+        freeze(model, ".*" if config.method == "full" else config.trained_layers(n_layer))
     pad, train_cfg = tokenizer.pad_id, config.train_config()
     desc = f"R8 {config.method}"
     encode_seconds = 0.0
-    if config.method == "full":
+    if config.method in ("full", "lora"):
         trainer: nn.Module = model
         train_x, val_x, test_x = data.train_ids, data.val_ids, data.test_ids
     else:
@@ -958,6 +981,8 @@ def _load_r8(directory: Path, config: R8Config) -> FinetunedClassifier:
         raise CheckpointError(f"{directory / METRICS} is not an R8 run's metrics")
     classes = tuple(metrics["classes"])
     model, tokenizer = _new_classifier(config, len(classes))
+    if config.method == "lora":
+        _add_adapters(model, config)
     trained = read_safetensors(directory / WEIGHTS)
     expected = model.state_dict()
     wrong = [n for n, t in trained.items()
@@ -991,7 +1016,7 @@ def finetuned_r8_classifier(
     the trained parameters on top. An unreadable cache entry is retrained, with a warning.
 
     Args:
-        method: ``"frozen"``, ``"top"`` or ``"full"`` (see :class:`R8Config`).
+        method: ``"frozen"``, ``"top"``, ``"full"`` or ``"lora"`` (see :class:`R8Config`).
         profile: which of the book's configurations; default: the active profile.
         config: a configuration of your own instead (``method`` is then ignored).
         retrain: train again even if a cached result exists.

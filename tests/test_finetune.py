@@ -256,7 +256,9 @@ def test_train_classifier_refuses_bad_input():
 
 def test_r8_config_validation():
     with pytest.raises(ValueError, match="method"):
-        ft.R8Config(method="lora")
+        ft.R8Config(method="adapter")
+    with pytest.raises(ValueError, match="lora_r"):
+        ft.R8Config(method="lora", lora_r=0)
     with pytest.raises(ValueError, match="max_len"):
         ft.R8Config(max_len=2)
     with pytest.raises(ValueError, match="profile"):
@@ -295,3 +297,30 @@ def test_finetuned_r8_classifier_is_cached_and_reloads(tmp_path, monkeypatch):
         rebuilt = ft.finetuned_r8_classifier(config=config, progress=False)
     assert rebuilt.built_now
     torch.testing.assert_close(rebuilt.test_logits, built.test_logits)
+
+
+@needs_weights
+def test_lora_method_trains_adapters_and_head_only_and_reloads(tmp_path, monkeypatch):
+    from dlbook.lora import lora_layers
+
+    monkeypatch.setenv("DLBOOK_CACHE", str(tmp_path))
+    config = ft.R8Config(method="lora", lora_r=2, max_len=12, n_train=16, n_test=8, steps=2,
+                         batch_size=8, lr=1e-3)
+    built = ft.finetuned_r8_classifier(config=config, progress=False)
+    layers = lora_layers(built.model)
+    assert len(layers) == 4 * built.model.n_layer  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    adapters = sum(m.lora_A.weight.numel() + m.lora_B.weight.numel() for m in layers.values())
+    head = sum(p.numel() for p in built.model.head.parameters())
+    assert built.metrics["trainable_params"] == adapters + head
+    assert any(m.lora_B.weight.abs().sum() > 0 for m in layers.values())  # B moved from zero
+    # the saved weights are the adapters and the head, nothing of the pretrained encoder
+    from dlbook.checkpoint import read_safetensors
+
+    saved = read_safetensors(built.directory / ft.WEIGHTS)
+    assert all(".lora_" in n or n.startswith("head.") for n in saved)
+    loaded = ft.finetuned_r8_classifier(config=config, progress=False)
+    assert not loaded.built_now
+    from dlbook.data.textcls import load_text_classification
+
+    texts = load_text_classification("r8", "test").texts[:8]
+    torch.testing.assert_close(loaded.predict(texts), built.test_logits, atol=1e-4, rtol=1e-4)
