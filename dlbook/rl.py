@@ -316,8 +316,8 @@ def grpo_train(
     KL, clipped share, gradient norm and seconds. ``reward_fn(task, text)`` defaults to
     :func:`dlbook.data.tasks.reward` with ``config.format_bonus``. With ``eval_fn(policy)``
     and ``config.eval_every > 0``, it is called after every ``eval_every``-th step (not after
-    the last: the caller evaluates the result) and the history gains ``eval_step`` and
-    ``eval_score``."""
+    the last: the caller evaluates the result) and the history gains ``eval_step``,
+    ``eval_score`` and ``eval_seconds``."""
     from dlbook.data.tasks import exact_match, reward, well_formed
 
     need = config.steps * config.groups
@@ -365,8 +365,10 @@ def grpo_train(
         done = step + 1
         if eval_fn is not None and config.eval_every and done % config.eval_every == 0 \
                 and done < config.steps:
+            eval_start = time.perf_counter()
             history.setdefault("eval_step", []).append(float(done))
             history.setdefault("eval_score", []).append(float(eval_fn(policy)))
+            history.setdefault("eval_seconds", []).append(time.perf_counter() - eval_start)
             policy.eval()
         bar.set_postfix(reward=f"{row['reward']:.3f}", right=f"{row['correct']:.2f}")
     return history
@@ -421,7 +423,8 @@ def grpo_run(model, tokenizer, sft_config, config: GRPOConfig, device=None) -> t
         start = time.perf_counter()
         history = grpo_train(policy, tokenizer, train, config, reference, generator,
                              eval_fn=lambda m: evaluate(m, tokenizer, test, exact_match).mean)
-        train_seconds = time.perf_counter() - start
+        # training time without the evaluations during training
+        train_seconds = time.perf_counter() - start - sum(history.get("eval_seconds", []))
         after = evaluate(policy, tokenizer, test, exact_match)
         record = {
             "config": asdict(config),

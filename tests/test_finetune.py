@@ -259,6 +259,8 @@ def test_r8_config_validation():
         ft.R8Config(method="adapter")
     with pytest.raises(ValueError, match="lora_r"):
         ft.R8Config(method="lora", lora_r=0)
+    with pytest.raises(ValueError, match="only to method='lora'"):
+        ft.R8Config(method="frozen", lora_r=4)
     with pytest.raises(ValueError, match="max_len"):
         ft.R8Config(max_len=2)
     with pytest.raises(ValueError, match="profile"):

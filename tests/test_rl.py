@@ -255,7 +255,7 @@ def test_grpo_train_learns_a_toy_reward():
     policy, tok = _tiny_policy(seed=3), CharTokenizer()
     policy.requires_grad_(True)  # every weight: a tiny model learns fast
     tasks = [ToyTask(p, "e") for p in ["abc", "bcd", "cab", "dab"] * 10]
-    config = GRPOConfig(steps=20, groups=2, samples=8, max_new_tokens=2, lr=0.03, eval_every=6)
+    config = GRPOConfig(steps=20, groups=2, samples=8, max_new_tokens=2, lr=0.03, eval_every=5)
     evaluated = []
 
     def eval_fn(model):
@@ -266,11 +266,21 @@ def test_grpo_train_learns_a_toy_reward():
                          reward_fn=lambda t, c: float(c.startswith(t.answer)), eval_fn=eval_fn)
     assert set(history) >= {"reward", "correct", "formed_wrong", "length", "kl", "seconds"}
     assert len(history["reward"]) == 20
-    # evaluated after steps 6, 12 and 18, on the policy being trained (not after the last)
-    assert history["eval_step"] == [6.0, 12.0, 18.0] and evaluated == [True] * 3
-    assert history["eval_score"] == [0.5] * 3
+    # evaluated after steps 5, 10 and 15, on the policy being trained, not after the last (20)
+    assert history["eval_step"] == [5.0, 10.0, 15.0] and evaluated == [True] * 3
+    assert history["eval_score"] == [0.5] * 3 and len(history["eval_seconds"]) == 3
     first, last = sum(history["reward"][:5]) / 5, sum(history["reward"][-5:]) / 5
     assert first < 0.2 and last > 0.8, (first, last)
+
+
+def test_grpo_train_without_evaluation_records_none():
+    policy, tok = _tiny_policy(seed=3), CharTokenizer()
+    policy.requires_grad_(True)
+    config = GRPOConfig(steps=2, groups=1, samples=2, max_new_tokens=2, eval_every=0)
+    calls = []
+    history = grpo_train(policy, tok, [ToyTask("abc", "e")] * 2, config, progress=False,
+                         reward_fn=lambda t, c: 0.0, eval_fn=lambda m: calls.append(m) or 0.0)
+    assert "eval_step" not in history and calls == []
 
 
 def test_config_checks():

@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import binomtest
 
 from dlbook import checks_enabled, pick, seed_everything
 from dlbook.artifacts import cached_record_run, cached_run, config_key
@@ -236,8 +237,13 @@ print("beta = 0        →", error_message(lambda: dpo_loss(same, same, same, sa
 # The policy to improve, and the reference, is the LoRA SFT model of
 # {doc}`section 5.6 <06_sft>`, merged into SmolLM2-135M-Instruct {cite:p}`hu2022lora`. It
 # answers many, but far from all, held-out questions exactly (section 5.6 measured it), so its
-# samples are a mix of right and wrong answers. Our "labeller" is the checker of the task suite: a correct answer beats a
-# wrong one, and among wrong ones a bare number or list (the asked-for form) beats prose.
+# samples are a mix of right and wrong answers. The prompts are the `larger` questions of the
+# task suite ("Which is larger, 937 or 326? Answer with the number only."): the SFT model
+# answers most of them right but not all, and every one exercises the same skill, comparing two
+# numbers, so what one pair teaches carries over to the others (section {doc}`08_grpo` returns
+# to why that matters). Our "labeller" is the checker of the task suite: a correct answer
+# beats a wrong one, and among wrong ones a bare number or list (the asked-for form) beats
+# prose.
 # For each prompt we sample $K$ completions at temperature 1 and keep the best-ranked as
 # chosen and the worst-ranked as rejected, when one is correct and the other is not
 # (`make_pairs`). Prompts come from the training split with a seed that SFT did not use; the
@@ -265,13 +271,14 @@ class PairConfig:
     n_train: int  # training prompts
     n_test: int  # held-out prompts
     k: int  # samples per prompt
-    max_new_tokens: int = 16
+    families: tuple[str, ...] = ("larger",)  # task families of the prompts
+    max_new_tokens: int = 8
     seed: int = 1
     add_answers: bool = False  # smoke only: add a right and a wrong answer to the samples
 
 
 pair_config = PairConfig(
-    sft_key=config_key(sft_config), n_layer=len(reference.blocks), n_train=pick(smoke=2, book=48),
+    sft_key=config_key(sft_config), n_layer=len(reference.blocks), n_train=pick(smoke=2, book=96),
     n_test=pick(smoke=2, book=32), k=pick(smoke=2, book=4),
     add_answers=pick(smoke=True, book=False),
 )
@@ -296,7 +303,7 @@ def build_pairs(directory: Path) -> dict:
     start = time.perf_counter()
     data = {}
     for split, n in (("train", pair_config.n_train), ("test", pair_config.n_test)):
-        tasks = make_tasks(n, split, seed=pair_config.seed)
+        tasks = make_tasks(n, split, seed=pair_config.seed, families=pair_config.families)
         new = sample_completions(
             reference, [chat_prompt(t) for t in tasks], pair_config.k,
             pair_config.max_new_tokens, stop,
@@ -345,7 +352,8 @@ glue("s5_7_sample_acc", pair_data["train"]["sample_accuracy"], ".0%")
 glue("s5_7_all_right", pair_data["train"]["all_right"])
 glue("s5_7_all_wrong", pair_data["train"]["all_wrong"])
 glue("s5_7_pair_s", pair_data["seconds"], ".0f")
-task_of = {t.prompt: t for t in make_tasks(pair_config.n_train, "train", seed=pair_config.seed)}
+task_of = {t.prompt: t for t in make_tasks(pair_config.n_train, "train", seed=pair_config.seed,
+                                           families=pair_config.families)}
 assert all(exact_match(task_of[p.prompt], p.chosen) > exact_match(task_of[p.prompt], p.rejected)
            for p in pairs["train"])
 if checks_enabled():
@@ -384,7 +392,7 @@ def new_policy(config: DPOConfig):
     return policy
 
 
-base_dpo = DPOConfig(steps=pick(smoke=1, book=8), pairs_per_step=pick(smoke=2, book=4),
+base_dpo = DPOConfig(steps=pick(smoke=1, book=12), pairs_per_step=pick(smoke=2, book=8),
                      lr=5e-4)
 examples = {s: pair_examples(tokenizer, pairs[s]) for s in ("train", "test")}
 first = batch_order(len(pairs["train"]), base_dpo.pairs_per_step, base_dpo.seed)[0]
@@ -411,8 +419,8 @@ glue("s5_7_trainable", n_trainable, ",")
 #
 # * on the held-out pairs, the **preference accuracy** (how often the implicit reward of the
 #   chosen completion is larger) and the **reward margin** $\hat r(x, y_w) - \hat r(x, y_l)$;
-# * the **task metric**, greedy exact match on held-out questions (the first
-#   {glue}`s5_7_n_eval` of those section 5.6 measured);
+# * the **task metric**, greedy exact match on {glue}`s5_7_n_eval` held-out `larger`
+#   questions, against the SFT model's answers to the same questions;
 # * the **KL divergence** from the reference, $\mathbb{E}_{y \sim \pi}[\log \pi(y|x) - \log
 #   \pi_\text{ref}(y|x)]$, estimated with one completion sampled from the policy per held-out
 #   question (`sampled_kl`): the quantity the RLHF objective charges $\beta$ per nat for.
@@ -426,16 +434,15 @@ class DPORun:
 
     pairs: PairConfig
     dpo: DPOConfig
-    n_eval: int  # held-out questions for exact match (the first of section 5.6's)
+    n_eval: int  # held-out questions of the pairs' families for exact match
     n_kl: int  # held-out questions for the KL estimate
 
 
 betas = pick(smoke=[0.1], book=[0.1, 0.5])
 run_n_kl = pick(smoke=2, book=24)
-# the first questions of those section 5.6 measured, and the SFT model's score on them
-eval_tasks = make_tasks(sft_config.n_test, "test")[: pick(smoke=4, book=40)]
-before_scores = [exact_match(t, c) for t, c in zip(eval_tasks, sft_record["completions"],
-                                                   strict=False)]
+# held-out questions of the same family, and the SFT model's greedy answers to them
+eval_tasks = make_tasks(pick(smoke=4, book=100), "test", families=pair_config.families)
+before_scores = evaluate(reference, tokenizer, eval_tasks, exact_match).scores
 
 
 def measure(policy, config: DPOConfig) -> dict:
@@ -449,7 +456,7 @@ def measure(policy, config: DPOConfig) -> dict:
     kl = sampled_kl(policy, reference, [chat_prompt(t) for t in eval_tasks[: run_n_kl]], stop,
                     stop, generator=torch.Generator().manual_seed(2))
     return {"held_out": held, "exact_match": [result.mean, result.low, result.high],
-            "by_family": result.by_family, "kl": kl.mean().item(),
+            "scores": result.scores, "by_family": result.by_family, "kl": kl.mean().item(),
             "kl_se": (kl.std() / math.sqrt(len(kl))).item() if len(kl) > 1 else 0.0}
 
 
@@ -547,6 +554,19 @@ ax3.legend(fontsize=8, loc="lower right")
 fig.tight_layout()
 plt.show()
 
+sign_p = []
+for i, r in enumerate(runs.values()):
+    changed = [(a, b) for a, b in zip(before_scores, r["scores"], strict=True) if a != b]
+    gained = sum(b > a for a, b in changed)
+    p_sign = binomtest(gained, len(changed), 0.5).pvalue if changed else 1.0
+    print(f"run {i}: questions gained {gained}, lost {len(changed) - gained}, "
+          f"sign test p = {p_sign:.2g}")
+    glue(f"s5_7_gained_b{i}", gained)
+    glue(f"s5_7_lost_b{i}", len(changed) - gained)
+    glue(f"s5_7_p_b{i}", p_sign, ".2g")
+    sign_p.append(p_sign)
+if checks_enabled():  # exact match up for every beta, beyond chance for at least one
+    assert all(r["exact_match"][0] > before_em[0] for r in runs.values()) and min(sign_p) < 0.05
 glue("s5_7_before_em", before_em[0], ".1%")
 glue("s5_7_before_low", before_em[1], ".0%")
 glue("s5_7_before_high", before_em[2], ".0%")
@@ -575,8 +595,8 @@ for i, (beta, r) in enumerate(runs.items()):
     glue(f"s5_7_train_s_{tag}", r["train_s"], ".0f")
     glue(f"s5_7_loss_end_{tag}", r["history"]["loss"][-1], ".3f")
 if len(runs) == 1:  # smoke: one beta; the prose quotes two
-    for key in ("beta", "acc", "acc_low", "acc_high", "margin", "ratio", "like_acc", "em", "em_low", "em_high", "kl",
-                "kl_se", "train_s", "loss_end"):
+    for key in ("beta", "acc", "acc_low", "acc_high", "margin", "ratio", "like_acc", "em",
+                "em_low", "em_high", "kl", "gained", "lost", "p", "kl_se", "train_s", "loss_end"):
         glue(f"s5_7_{key}_b1", "n/a")
 for r in runs.values():
     assert abs(r["history"]["loss"][0] - math.log(2)) < 1e-5  # every run starts at ln 2
@@ -602,35 +622,37 @@ if checks_enabled():
 #   model's plain likelihood already prefers the chosen completion in {glue}`s5_7_ref_like_acc`
 #   of the held-out pairs, the trained policies' in {glue}`s5_7_like_acc_b0` and
 #   {glue}`s5_7_like_acc_b1`. The implicit reward measures the *change* relative to the
-#   reference, not the likelihood itself: the checker's preferences and the SFT model's
-#   likelihood largely agree already (compare the numbers above), which leaves DPO little to
-#   correct.
-#   The intervals are wide with this few pairs; that the ranking generalises beyond the
-#   training pairs is supported here only weakly.
+#   reference, not the likelihood itself; that the likelihood's ranking improved too means the
+#   change went where the pairs pointed. The interval is wide with this few pairs; the task
+#   metric, on other questions, is the stronger evidence.
 # * **Task metric.** Greedy exact match on the {glue}`s5_7_n_eval` held-out questions was
 #   {glue}`s5_7_before_em` for the SFT model (95 % interval
 #   {glue}`s5_7_before_low`–{glue}`s5_7_before_high`) and is {glue}`s5_7_em_b0`
 #   (95 % interval {glue}`s5_7_em_low_b0`–{glue}`s5_7_em_high_b0`) after DPO with
 #   $\beta$ = {glue}`s5_7_beta_b0` and {glue}`s5_7_em_b1`
 #   ({glue}`s5_7_em_low_b1`–{glue}`s5_7_em_high_b1`) with $\beta$ = {glue}`s5_7_beta_b1`.
-#   Compare the intervals: with this few questions, a change of a few points cannot be told
-#   from noise.
+#   The intervals overlap, but they ignore that both models answer the *same* questions.
+#   Counting only the questions whose score changed, DPO gained {glue}`s5_7_gained_b0` and
+#   lost {glue}`s5_7_lost_b0` with $\beta$ = {glue}`s5_7_beta_b0` (sign test $p =$
+#   {glue}`s5_7_p_b0`), and gained {glue}`s5_7_gained_b1` and lost {glue}`s5_7_lost_b1` with
+#   $\beta$ = {glue}`s5_7_beta_b1` ($p =$ {glue}`s5_7_p_b1`): the SFT model's answers got
+#   better, from pairs of its own samples and no written answer.
 # * **KL to the reference.** {glue}`s5_7_kl_b0` ± {glue}`s5_7_kl_se_b0` and
 #   {glue}`s5_7_kl_b1` ± {glue}`s5_7_kl_se_b1` nats per completion (estimate ± standard error
 #   over {glue}`s5_7_n_kl` sampled completions).
 #
-# A few caveats of this small experiment. DPO optimises the implicit reward *on the pairs*;
-# that a better ranking of sampled completions turns into more correct greedy answers is an
-# empirical matter, and both the number of pairs and the number of held-out questions are
-# small here. $\beta$ enters the loss only through the scale of the margin: with AdamW, whose
-# step size does not depend on the scale of the gradient, a larger $\beta$ mostly makes the
-# loss saturate sooner (the weights $\sigma(-\hat\Delta)$ of the gradient fade at a smaller
-# log-ratio), so in a run this short the KL is not controlled by $\beta$ as tightly as the
-# RLHF objective suggests. The KL constraint enters DPO only through the derivation: $\pi^*$
-# is optimal for a Bradley–Terry reward fitted to infinitely many comparisons. On a finite set
-# of pairs, each always ranked the same way, the DPO loss keeps falling as the margins grow,
-# however far that takes the policy from $\pi_\text{ref}$; nothing in the loss stops it step
-# by step.
+# A few caveats of this small experiment. DPO optimises the implicit reward *on the pairs*; that a
+# better ranking of sampled completions turns into more correct greedy answers is an empirical
+# matter. Here it did, on a task where every pair teaches the same skill; with pairs whose lessons
+# do not carry over from one prompt to the next (the sums of `add`, say), a few dozen pairs would
+# teach much less. $\beta$ enters the loss only through the scale of the margin: with AdamW, whose
+# step size does not depend on the scale of the gradient, a larger $\beta$ mostly makes the loss
+# saturate sooner (the weights $\sigma(-\hat\Delta)$ of the gradient fade at a smaller log-ratio),
+# so in a run this short the KL is not controlled by $\beta$ as tightly as the RLHF objective
+# suggests. The KL constraint enters DPO only through the derivation: $\pi^*$ is optimal for a
+# Bradley–Terry reward fitted to infinitely many comparisons. On a finite set of pairs, each
+# always ranked the same way, the DPO loss keeps falling as the margins grow, however far that
+# takes the policy from $\pi_\text{ref}$; nothing in the loss stops it step by step.
 #
 # ## Summary
 #
@@ -649,10 +671,9 @@ if checks_enabled():
 #   {glue}`s5_7_n_train_pairs` training and {glue}`s5_7_n_test_pairs` held-out pairs from
 #   {glue}`s5_7_k` samples per prompt.
 # * A short DPO run raised the held-out preference accuracy from 0.5 to {glue}`s5_7_acc_b0`
-#   ($\beta$ = {glue}`s5_7_beta_b0`; a weak signal on {glue}`s5_7_n_test_pairs` pairs), at a
-#   KL of {glue}`s5_7_kl_b0` nats from the reference; exact match went from
-#   {glue}`s5_7_before_em` to {glue}`s5_7_em_b0`, within the noise of
-#   {glue}`s5_7_n_eval` questions. A better ranking of pairs is not yet better answers.
+#   ($\beta$ = {glue}`s5_7_beta_b0`, on {glue}`s5_7_n_test_pairs` pairs), at a KL of
+#   {glue}`s5_7_kl_b0` nats from the reference, and greedy exact match on held-out questions
+#   from {glue}`s5_7_before_em` to {glue}`s5_7_em_b0` (sign test $p =$ {glue}`s5_7_p_b0`).
 #
 # ## Exercises
 #

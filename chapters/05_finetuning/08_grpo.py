@@ -43,7 +43,7 @@ from dlbook.rl import (
     rollout_batch,
     stop_token,
 )
-from dlbook.sft import book_sft_config
+from dlbook.sft import book_sft_config, sft_run
 
 generator = seed_everything(0)
 
@@ -253,8 +253,9 @@ glue("s5_8_prompt_tokens", len(p_ids))
 # if its samples differ in reward, so the prompts must be neither always solved nor never. And
 # what the groups of one step teach must carry over to the prompts of the next, or the steps
 # pull in unrelated directions. Of the four task families, section 5.6 measured `convert` as
-# the hardest for the SFT model (by 60 or 24 it rarely multiplies right, so its groups tend to
-# be uniformly wrong) and `larger` as the easiest, yet `larger` is not solved: of the SFT
+# the hardest for the SFT model ({glue}`s5_8_sft_convert` exact, so its groups tend to be
+# uniformly wrong) and `larger` as the easiest ({glue}`s5_8_sft_larger`), yet `larger` is not
+# solved: of the SFT
 # model's {glue}`s5_8_wrong_before` wrong answers to the held-out questions below,
 # {glue}`s5_8_smaller_first` name the *smaller* number when it comes first and
 # {glue}`s5_8_smaller_second` when it comes second. Comparing two numbers is one skill shared
@@ -266,6 +267,14 @@ glue("s5_8_prompt_tokens", len(p_ids))
 
 # %%
 sft_config = book_sft_config()
+sft_record, _ = sft_run(base, tokenizer, sft_config)  # section 5.6's run, from the cache
+by_family = sft_record["by_family"]
+print("SFT model, held-out exact match by family:", by_family)
+glue("s5_8_sft_convert", by_family.get("convert", 0.0), ".0%")
+glue("s5_8_sft_larger", by_family.get("larger", 0.0), ".0%")
+if checks_enabled():
+    assert min(by_family, key=by_family.get) == "convert"
+    assert max(by_family, key=by_family.get) == "larger"
 config = book_grpo_config()
 print(config)
 record, adapter_path = grpo_run(base, tokenizer, sft_config, config, device=get_device())
@@ -303,10 +312,11 @@ glue("s5_8_train_s", h["seconds"].sum(), ".0f")
 glue("s5_8_window", window)
 glue("s5_8_reward_first", first, ".2f")
 glue("s5_8_reward_last", last, ".2f")
-glue("s5_8_slope", trend.slope * steps, ".2f")
+glue("s5_8_slope", trend.slope * (steps - 1), ".2f")  # the line from step 1 to the last
 glue("s5_8_slope_p", trend.pvalue, ".2g")
 glue("s5_8_signal", h["groups_with_signal"].mean() / config.groups, ".0%")
 glue("s5_8_step_sd", h["reward"].std(ddof=1), ".2f")
+glue("s5_8_eval_curve", " → ".join(f"{v:.0%}" for v in eval_y))
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
 ax = axes[0]
@@ -321,7 +331,7 @@ ax = axes[1]
 ax.plot(eval_x, eval_y, "s-", color="C2")
 ax.fill_between([0, steps], before["exact_match"][1], before["exact_match"][2], color="grey",
                 alpha=0.2, label="95 % interval before")
-ax.set(xlabel="GRPO step", ylabel="exact match", ylim=(0.5, 1.0),
+ax.set(xlabel="GRPO step", ylabel="exact match", ylim=(min(0.5, eval_y.min() - 0.05), 1.0),
        title=f"held-out questions (greedy, {len(before['scores'])})")
 ax.legend(fontsize=8, loc="lower right")
 fig.tight_layout()
@@ -333,12 +343,14 @@ plt.show()
 # {glue}`s5_8_lr`), the mean reward of the training samples was {glue}`s5_8_reward_first`
 # over the first {glue}`s5_8_window` steps and {glue}`s5_8_reward_last` over the last
 # {glue}`s5_8_window`. It is a noisy curve: every step draws {glue}`s5_8_G` new prompts, some
-# easy and some hard, and from one step to the next the reward swings with a standard
+# easy and some hard, and the per-step reward scatters around its mean with a standard
 # deviation of {glue}`s5_8_step_sd`. A straight line fitted through it rises by
 # {glue}`s5_8_slope` over the run ($p =$ {glue}`s5_8_slope_p` for a zero slope). On average
 # {glue}`s5_8_signal` of the groups had a signal (not all completions scoring the same). The
 # right panel is the measure that counts: greedy answers to held-out questions the training
-# never saw.
+# never saw. It is not monotone either ({glue}`s5_8_eval_curve` at the evaluated steps): with
+# {glue}`s5_8_n_test` questions one question is one point, so read the end point through the
+# paired test below.
 
 # %%
 n_test = len(before["scores"])
@@ -353,20 +365,40 @@ print(f"held-out exact match ({n_test} questions): before {before['exact_match']
 print(f"questions gained {gained}, lost {lost}; sign test p = {p_value:.3g}")
 print(f"well-formed answers: before {before['well_formed']:.0%}, after {after['well_formed']:.0%}")
 test_tasks = make_tasks(n_test, "test", families=config.families)
-wrong_kinds = []  # of the SFT model's wrong answers: where the smaller number stood, if named
-for t, c in zip(test_tasks, before["completions"], strict=True):
-    a, b = map(int, re.findall(r"\d+", t.prompt))
-    if not exact_match(t, c):
-        named_smaller = c.strip() == str(min(a, b))
-        wrong_kinds.append(("first" if a < b else "second") if named_smaller else "other")
-print(f"the SFT model's {len(wrong_kinds)} wrong answers: the smaller number when it came "
-      f"first {wrong_kinds.count('first')}, second {wrong_kinds.count('second')}, "
-      f"something else {wrong_kinds.count('other')}")
-glue("s5_8_wrong_before", len(wrong_kinds))
-glue("s5_8_smaller_first", wrong_kinds.count("first"))
-glue("s5_8_smaller_second", wrong_kinds.count("second"))
+# the comparison questions (all of them in `book`; `full` trains on other families too)
+larger_rows = [i for i, t in enumerate(test_tasks) if t.family == "larger"]
+larger_tasks = [test_tasks[i] for i in larger_rows]
+
+
+def wrong_answer_kinds(completions: list[str]) -> list[str]:
+    """For each wrong answer to a comparison question: where the smaller number stood when the
+    answer named it ("first"/"second"), else "other"."""
+    kinds = []
+    for i in larger_rows:
+        t, c = test_tasks[i], completions[i]
+        a, b = map(int, re.findall(r"\d+", t.prompt))
+        if not exact_match(t, c):
+            named_smaller = c.strip() == str(min(a, b))
+            kinds.append(("first" if a < b else "second") if named_smaller else "other")
+    return kinds
+
+
+wrong_before, wrong_after = (wrong_answer_kinds(r["completions"]) for r in (before, after))
+for label, kinds in (("SFT model", wrong_before), ("after GRPO", wrong_after)):
+    print(f"{label}: {len(kinds)} wrong answers; the smaller number when it came first "
+          f"{kinds.count('first')}, second {kinds.count('second')}, "
+          f"something else {kinds.count('other')}")
+glue("s5_8_wrong_before", len(wrong_before))
+glue("s5_8_smaller_first", wrong_before.count("first"))
+glue("s5_8_smaller_second", wrong_before.count("second"))
+glue("s5_8_wrong_after", len(wrong_after))
+glue("s5_8_after_first", wrong_after.count("first"))
+glue("s5_8_after_second", wrong_after.count("second"))
 if checks_enabled():
-    assert wrong_kinds.count("first") > 0 and wrong_kinds.count("second") > 0
+    assert wrong_before.count("first") > 0 and wrong_before.count("second") > 0
+    # fewer wrong answers on both sides: the policy did not trade one position for the other
+    assert wrong_after.count("first") < wrong_before.count("first")
+    assert wrong_after.count("second") < wrong_before.count("second")
 glue("s5_8_n_test", n_test)
 glue("s5_8_before", before["exact_match"][0], ".0%")
 glue("s5_8_after", after["exact_match"][0], ".0%")
@@ -393,58 +425,59 @@ if checks_enabled():
 # attempts, with no demonstration, to compare numbers better than the model it started from,
 # on questions it never trained on.
 #
-# Two choices made this short run work, and both are about noise. The first is the task: one
+# Two choices were made for this run, and both are about noise. The first is the task: one
 # skill shared by every prompt, as argued above. The second is the step size. A step
 # estimates the policy gradient from {glue}`s5_8_G` groups, and most of that estimate is
 # noise; Adam scales every parameter's step to about the learning rate whether its gradient is
 # signal or noise, so a large learning rate moves the adapter in largely random directions and
 # disturbs what SFT taught faster than the signal accumulates. The learning rate here is
 # {glue}`s5_8_lr`, {glue}`s5_8_lr_ratio` times smaller than the {glue}`s5_8_sft_lr` that
-# SFT used with {glue}`s5_8_sft_batch` examples per step (Exercise 5 asks what happens at the SFT's rate). GRPO as published uses groups of 64 completions, batches of 1024 and a learning rate
-# of 1e-6 on the whole model {cite:p}`shao2024deepseekmath`: many samples, small steps. Tasks
-# whose skill does not transfer from prompt to prompt (addition, sorting) need that scale;
-# the `full` profile of this page trains on `add`, `sort` and `larger` for 200 steps of 16
+# SFT used with {glue}`s5_8_sft_batch` examples per step (the fifth exercise below asks what
+# happens at the SFT's rate). We chose the family and the learning rate after trying others
+# on these same held-out questions, so the $p$-value above flatters the run somewhat. GRPO as
+# published uses groups of 64 completions, batches of 1024 and a learning rate of 1e-6 on the
+# whole model {cite:p}`shao2024deepseekmath`: many samples, small steps. Tasks whose skill
+# transfers less from prompt to prompt (addition, sorting) are likely to need that scale. The
+# `full` profile of this page trains on `add`, `sort` and `larger` for 200 steps of 16
 # prompts × 16 samples, with four gradient steps per batch (so the clipping acts) and a KL
 # penalty, which needs a GPU; we report no result for it here.
 #
 # ## Reward hacking
 #
 # A policy optimises the reward it is given, not the intention behind it. When the two differ,
-# it finds the difference: that is **reward hacking**. Our reward has one soft spot, the format
-# bonus, which pays 0.1 for *any* well-formed number. A policy that answered every question with
-# the same number would collect it without ever being right. A comparison question has a
-# second soft spot: a policy that always names the number that comes *first* is right about
-# half the time, without comparing anything. Did GRPO go either way? The share of well-formed
-# but wrong samples is the dotted line of the figure, and the held-out answers were
-# well-formed {glue}`s5_8_formed_before` of the time before and {glue}`s5_8_formed_after`
-# after. After training, the answer was the first of the two numbers in
-# {glue}`s5_8_first_after` of the held-out questions, and the larger number comes first in
-# {glue}`s5_8_larger_first` of them: the policy follows the numbers, not their position.
+# it finds the difference: that is **reward hacking**. Our reward has two soft spots. The
+# first is the format bonus, which pays 0.1 for *any* well-formed number: a policy that
+# answered every question with the same number would collect it without ever being right. The
+# second is particular to comparisons: a policy that always names the number that comes
+# *first* is right whenever the larger number comes first ({glue}`s5_8_larger_first` of the
+# held-out questions), without comparing anything. Did GRPO go either way? The share of
+# well-formed but wrong samples is the dotted line of the figure, and the held-out answers
+# were well-formed {glue}`s5_8_formed_before` of the time before and
+# {glue}`s5_8_formed_after` after. Of the {glue}`s5_8_wrong_after` wrong answers left after
+# training, {glue}`s5_8_after_first` named the smaller number when it came first and
+# {glue}`s5_8_after_second` when it came second (before: {glue}`s5_8_smaller_first` and
+# {glue}`s5_8_smaller_second`): no drift towards one position.
 #
 # What decides it is what each strategy pays. Score four fixed policies under our reward and
-# under a reward for the form alone, on the held-out questions: the SFT model's own greedy
-# answers, a constant answer, always the first number, and an explanation.
+# under a reward for the form alone, on the held-out comparison questions: the SFT model's own
+# greedy answers, a constant answer, always the first number, and an explanation.
 
 # %%
-first_numbers = [re.findall(r"\d+", t.prompt)[0] for t in test_tasks]
-first_after = np.mean([c.strip() == f for c, f in zip(after["completions"], first_numbers,
-                                                        strict=True)])
-larger_first = np.mean([t.answer == f for t, f in zip(test_tasks, first_numbers, strict=True)])
-glue("s5_8_first_after", first_after, ".0%")
+first_numbers = [re.findall(r"\d+", t.prompt)[0] for t in larger_tasks]
+larger_first = np.mean([t.answer == f for t, f in zip(larger_tasks, first_numbers, strict=True)])
 glue("s5_8_larger_first", larger_first, ".0%")
-if checks_enabled():
-    assert abs(first_after - larger_first) < 0.1
+n_larger = len(larger_tasks)
 policies = {
-    "SFT model (greedy)": before["completions"],
-    'always "100"': ["100"] * n_test,
+    "SFT model (greedy)": [before["completions"][i] for i in larger_rows],
+    'always "100"': ["100"] * n_larger,
     "always the first number": first_numbers,
-    'always "The answer is …"': ["The answer is 42."] * n_test,
+    'always "The answer is …"': ["The answer is 42."] * n_larger,
 }
 rows = {}
 for name, completions in policies.items():
-    ours = np.mean([reward(t, c) for t, c in zip(test_tasks, completions, strict=True)])
+    ours = np.mean([reward(t, c) for t, c in zip(larger_tasks, completions, strict=True)])
     form_only = np.mean([float(well_formed(c)) for c in completions])
-    right = np.mean([exact_match(t, c) for t, c in zip(test_tasks, completions, strict=True)])
+    right = np.mean([exact_match(t, c) for t, c in zip(larger_tasks, completions, strict=True)])
     rows[name] = (ours, form_only, right)
     print(f"{name:26s} reward {ours:.3f}   form-only reward {form_only:.2f}   right {right:.0%}")
 glue("s5_8_const_reward", rows['always "100"'][0], ".2f")
@@ -461,11 +494,13 @@ if checks_enabled():
 # {glue}`s5_8_sft_reward`: collapsing to either shortcut would *lower* the reward, so the
 # gradient does not push that way. Under a reward for the form alone, the constant answer is
 # optimal, as good as any correct answer, and GRPO would have every reason to find it (it is
-# easier than comparing numbers). A model right on fewer than half of the questions would gain
-# from the position shortcut even under our reward. The general lesson: whatever a reward pays for that is easier than
-# the task, the policy tends to learn first. Verifiable rewards make the gap visible; with a
-# learned reward model, optimising too hard against it is known to lower the true quality
-# {cite:p}`gao2023scaling`.
+# easier than comparing numbers). A policy that is always well formed and right on a share $a$
+# of the questions earns $0.1 + 0.9a$, the position shortcut $0.1 + 0.9 \cdot$
+# {glue}`s5_8_larger_first`: a model right less often than the larger number comes first
+# would gain from the shortcut even under our reward. The general lesson: whatever a reward
+# pays for that is easier than the task, the policy tends to learn first. Verifiable rewards
+# make the gap visible; with a learned reward model, optimising too hard against it is known
+# to lower the true quality {cite:p}`gao2023scaling`.
 #
 # ## RLHF: learning the reward
 #
@@ -516,11 +551,14 @@ if checks_enabled():
 # * With a rule-based reward (exact answer, plus 0.1 for the right form), a short CPU run of
 #   {glue}`s5_8_steps` steps on the `larger` questions raised held-out exact match from
 #   {glue}`s5_8_before` to {glue}`s5_8_after` (sign test $p =$ {glue}`s5_8_p`), with no
-#   demonstrations. It worked because every prompt exercised the same skill and the steps were
-#   small; the sample reward itself is noisy from step to step ({glue}`s5_8_reward_first` →
+#   demonstrations. It was set up so that every prompt exercised the same skill and the steps
+#   were small; the sample reward itself is noisy from step to step ({glue}`s5_8_reward_first` →
 #   {glue}`s5_8_reward_last` between the first and last {glue}`s5_8_window` steps).
-# * A reward that pays for something easier than the task gets hacked; RLHF's learned reward
-#   models invite it most, which is why all these methods keep a KL leash to the reference.
+# * A reward that pays for something easier than the task invites hacking as soon as the
+#   shortcut pays more than the policy's own answers. Here neither shortcut did (a constant
+#   answer {glue}`s5_8_const_reward`, the first number {glue}`s5_8_first_reward`, the SFT model
+#   {glue}`s5_8_sft_reward`), and the run, which had no KL term, took neither. Learned reward
+#   models invite hacking most, which is why RLHF keeps a KL leash to the reference.
 #
 # ## Exercises
 #
@@ -666,11 +704,12 @@ assert 1 - 0.05**8 - 0.95**8 < 0.4 < 1 - 0.3**8 - 0.7**8
 # ```{solution-start} ex-5-8-5
 # :class: dropdown
 # ```
-# Expect neither to improve held-out exact match, and the first to lower it. Both raise the
-# share of noise in each update: the larger learning rate lets every noisy step move the
+# Expect neither to improve held-out exact match as much, and the first possibly to lower it.
+# Both raise the share of noise in each update: the larger learning rate lets every noisy step move the
 # adapter further, and on `add` and `sort` what one group teaches carries over little to the
 # next prompt, so the signal no longer adds up across steps while the noise still does. Each
-# run takes as long as the one above (the cache keys them by their configuration, so the
+# run takes at least as long as the one above (longer on `sort`, whose prompts and answers are
+# longer) (the cache keys them by their configuration, so the
 # section's own run is not overwritten).
 #
 # ```{solution-end}
