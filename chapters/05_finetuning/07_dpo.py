@@ -239,11 +239,11 @@ print("beta = 0        →", error_message(lambda: dpo_loss(same, same, same, sa
 # answers many, but far from all, held-out questions exactly (section 5.6 measured it), so its
 # samples are a mix of right and wrong answers. The prompts are the `larger` questions of the
 # task suite ("Which is larger, 937 or 326? Answer with the number only."): the SFT model
-# answers most of them right but not all, and every one exercises the same skill, comparing two
-# numbers, so what one pair teaches carries over to the others (section {doc}`08_grpo` returns
-# to why that matters). Our "labeller" is the checker of the task suite: a correct answer
-# beats a wrong one, and among wrong ones a bare number or list (the asked-for form) beats
-# prose.
+# answers most of them right but not all ({glue}`s5_7_before_em` of the held-out ones
+# greedily, measured below), and every one exercises the same skill, comparing two numbers, so
+# what one pair teaches can carry over to the others ({doc}`section 5.8 <08_grpo>` returns to
+# why that matters). Our "labeller" is the checker of the task suite: a correct answer beats a
+# wrong one, and among wrong ones a bare number (the asked-for form) beats prose.
 # For each prompt we sample $K$ completions at temperature 1 and keep the best-ranked as
 # chosen and the worst-ranked as rejected, when one is correct and the other is not
 # (`make_pairs`). Prompts come from the training split with a seed that SFT did not use; the
@@ -605,6 +605,7 @@ if checks_enabled():
         assert r["held_out"]["accuracy"] > 0.5  # DPO learnt to rank unseen pairs
         assert r["held_out"]["margin"] > 0
         assert r["kl"] > 0  # and paid for it in divergence from the reference
+        assert r["held_out"]["likelihood_accuracy"] > ref_like_acc
 
 # %% [markdown]
 # With {glue}`s5_7_steps` steps of {glue}`s5_7_pairs_per_step` pairs (learning rate
@@ -622,7 +623,7 @@ if checks_enabled():
 #   model's plain likelihood already prefers the chosen completion in {glue}`s5_7_ref_like_acc`
 #   of the held-out pairs, the trained policies' in {glue}`s5_7_like_acc_b0` and
 #   {glue}`s5_7_like_acc_b1`. The implicit reward measures the *change* relative to the
-#   reference, not the likelihood itself; that the likelihood's ranking improved too means the
+#   reference, not the likelihood itself; that the likelihood's ranking improved too suggests the
 #   change went where the pairs pointed. The interval is wide with this few pairs; the task
 #   metric, on other questions, is the stronger evidence.
 # * **Task metric.** Greedy exact match on the {glue}`s5_7_n_eval` held-out questions was
@@ -631,7 +632,8 @@ if checks_enabled():
 #   (95 % interval {glue}`s5_7_em_low_b0`–{glue}`s5_7_em_high_b0`) after DPO with
 #   $\beta$ = {glue}`s5_7_beta_b0` and {glue}`s5_7_em_b1`
 #   ({glue}`s5_7_em_low_b1`–{glue}`s5_7_em_high_b1`) with $\beta$ = {glue}`s5_7_beta_b1`.
-#   The intervals overlap, but they ignore that both models answer the *same* questions.
+#   Intervals computed for each model separately ignore that both models answer the *same*
+#   questions.
 #   Counting only the questions whose score changed, DPO gained {glue}`s5_7_gained_b0` and
 #   lost {glue}`s5_7_lost_b0` with $\beta$ = {glue}`s5_7_beta_b0` (sign test $p =$
 #   {glue}`s5_7_p_b0`), and gained {glue}`s5_7_gained_b1` and lost {glue}`s5_7_lost_b1` with
@@ -644,12 +646,13 @@ if checks_enabled():
 # A few caveats of this small experiment. DPO optimises the implicit reward *on the pairs*; that a
 # better ranking of sampled completions turns into more correct greedy answers is an empirical
 # matter. Here it did, on a task where every pair teaches the same skill; with pairs whose lessons
-# do not carry over from one prompt to the next (the sums of `add`, say), a few dozen pairs would
-# teach much less. $\beta$ enters the loss only through the scale of the margin: with AdamW, whose
+# do not carry over from one prompt to the next (the sums of `add`, say), a few dozen pairs are
+# likely to teach much less ({doc}`section 5.8 <08_grpo>` makes the same argument). $\beta$ enters the loss only through the scale of the margin: with AdamW, whose
 # step size does not depend on the scale of the gradient, a larger $\beta$ mostly makes the loss
 # saturate sooner (the weights $\sigma(-\hat\Delta)$ of the gradient fade at a smaller log-ratio),
 # so in a run this short the KL is not controlled by $\beta$ as tightly as the RLHF objective
-# suggests. The KL constraint enters DPO only through the derivation: $\pi^*$ is optimal for a
+# suggests (the estimated KL was {glue}`s5_7_kl_b0` nats with $\beta$ = {glue}`s5_7_beta_b0`
+# and {glue}`s5_7_kl_b1` with $\beta$ = {glue}`s5_7_beta_b1`). The KL constraint enters DPO only through the derivation: $\pi^*$ is optimal for a
 # Bradley–Terry reward fitted to infinitely many comparisons. On a finite set of pairs, each
 # always ranked the same way, the DPO loss keeps falling as the margins grow, however far that
 # takes the policy from $\pi_\text{ref}$; nothing in the loss stops it step by step.
@@ -667,13 +670,14 @@ if checks_enabled():
 #   matches the explicit Bradley–Terry likelihood in value and gradient (to
 #   {glue}`s5_7_real_grad_err` on SmolLM2's LoRA parameters).
 # * The reference is frozen, so its log-probabilities are computed once, before training.
-# * Pairs came from the SFT model's own samples, ranked by the task's checker:
+# * Pairs came from the SFT model's own samples on the `larger` questions, ranked by the task's
+#   checker:
 #   {glue}`s5_7_n_train_pairs` training and {glue}`s5_7_n_test_pairs` held-out pairs from
 #   {glue}`s5_7_k` samples per prompt.
 # * A short DPO run raised the held-out preference accuracy from 0.5 to {glue}`s5_7_acc_b0`
 #   ($\beta$ = {glue}`s5_7_beta_b0`, on {glue}`s5_7_n_test_pairs` pairs), at a KL of
-#   {glue}`s5_7_kl_b0` nats from the reference, and greedy exact match on held-out questions
-#   from {glue}`s5_7_before_em` to {glue}`s5_7_em_b0` (sign test $p =$ {glue}`s5_7_p_b0`).
+#   {glue}`s5_7_kl_b0` nats from the reference, and greedy exact match on
+#   {glue}`s5_7_n_eval` held-out `larger` questions from {glue}`s5_7_before_em` to {glue}`s5_7_em_b0` (sign test $p =$ {glue}`s5_7_p_b0`).
 #
 # ## Exercises
 #
@@ -821,7 +825,7 @@ assert (terms < 0).any() and exact_kl > 0
 # ```
 # With `cfg = DPOConfig(**{**asdict(base_dpo), "beta": 0.1, "lr": 1e-3})`, run
 # `policy = new_policy(cfg)`, `train_dpo(policy, *examples["train"], *ref_logp["train"], cfg,
-# stop)` and `measure(policy, cfg)` (a few minutes on a CPU, so it is left to you). Expect the
+# stop)` and `measure(policy, cfg)` (about {glue}`s5_7_train_s_b0` s of training plus the evaluation, so it is left to you). Expect the
 # policy to move further from the reference: a larger KL and larger margins. Whether the exact
 # match follows is not guaranteed: the DPO loss only asks that the chosen completion gain
 # *relative* to the rejected one, and lowering the probability of both, while moving mass to
