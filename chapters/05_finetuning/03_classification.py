@@ -111,23 +111,37 @@ glue("s5_3_subset", len(train), ",")
 # baseline. It sees the **whole** document; the encoder below will see only its start.
 
 # %%
+def fit_tfidf(texts: list[str], labels: torch.Tensor):
+    """TF-IDF weights (sublinear term frequency, words in at least two documents) and a
+    logistic regression fitted on them: ``(vectorizer, model)``."""
+    vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=2)
+    model = LogisticRegression(C=20.0, max_iter=1000).fit(vectorizer.fit_transform(texts),
+                                                          labels.numpy())
+    return vectorizer, model
+
+
+def predict_tfidf(fitted, texts: list[str]) -> torch.Tensor:
+    """Class ids ``(N,)`` that a :func:`fit_tfidf` pair predicts for ``texts``."""
+    vectorizer, model = fitted
+    return torch.from_numpy(model.predict(vectorizer.transform(texts)))
+
+
 start = time.perf_counter()
-tfidf = TfidfVectorizer(sublinear_tf=True, min_df=2)
-x_train = tfidf.fit_transform(train.texts)
-logreg = LogisticRegression(C=20.0, max_iter=1000).fit(x_train, train.labels.numpy())
+tfidf, logreg = fit_tfidf(train.texts, train.labels)
 baseline_seconds = time.perf_counter() - start
-baseline_pred = torch.from_numpy(logreg.predict(tfidf.transform(test.texts)))
+baseline_pred = predict_tfidf((tfidf, logreg), test.texts)
+n_words = len(tfidf.vocabulary_)
 baseline = {
     "accuracy": accuracy(baseline_pred, test.labels),
     "macro_f1": macro_f1(baseline_pred, test.labels, len(classes)),
     "params": logreg.coef_.size + logreg.intercept_.size,
 }
-print(f"TF-IDF + logistic regression: {x_train.shape[1]:,} words, accuracy "
+print(f"TF-IDF + logistic regression: {n_words:,} words, accuracy "
       f"{baseline['accuracy']:.2%}, macro-F1 {baseline['macro_f1']:.3f}, "
       f"fit in {baseline_seconds:.1f} s")
 glue("s5_3_tfidf_acc", baseline["accuracy"], ".1%")
 glue("s5_3_tfidf_f1", baseline["macro_f1"], ".3f")
-glue("s5_3_tfidf_words", x_train.shape[1], ",")
+glue("s5_3_tfidf_words", n_words, ",")
 
 # %% [markdown]
 # ## The classifier
@@ -309,10 +323,7 @@ if checks_enabled():
 
 # %%
 train_all = load_text_classification("r8", "train_full")
-tfidf_all = TfidfVectorizer(sublinear_tf=True, min_df=2)
-logreg_all = LogisticRegression(C=20.0, max_iter=1000).fit(
-    tfidf_all.fit_transform(train_all.texts), train_all.labels.numpy())
-all_pred = torch.from_numpy(logreg_all.predict(tfidf_all.transform(test.texts)))
+all_pred = predict_tfidf(fit_tfidf(train_all.texts, train_all.labels), test.texts)
 all_acc = accuracy(all_pred, test.labels)
 print(f"TF-IDF + logistic regression on {len(train_all):,} documents: accuracy {all_acc:.2%} "
       f"(on {len(train):,}: {baseline['accuracy']:.2%})")
@@ -423,27 +434,31 @@ assert {"alt.atheism", "soc.religion.christian", "talk.religion.misc"} <= set(ng
 
 
 def tfidf_accuracy(train_texts, train_y, test_texts, test_y) -> tuple[float, float]:
-    """Accuracy and macro-F1 of TF-IDF + logistic regression (the settings used for R8)."""
-    vec = TfidfVectorizer(sublinear_tf=True, min_df=2)
-    clf = LogisticRegression(C=20.0, max_iter=1000).fit(vec.fit_transform(train_texts),
-                                                         train_y.numpy())
-    pred = torch.from_numpy(clf.predict(vec.transform(test_texts)))
+    """Accuracy and macro-F1 of the TF-IDF baseline of R8 on a 20NG split."""
+    pred = predict_tfidf(fit_tfidf(train_texts, train_y), test_texts)
     return accuracy(pred, test_y), macro_f1(pred, test_y, len(ng_classes))
 
 
 ng_results = {f"TF-IDF, {len(ng_tr)} posts": tfidf_accuracy(ng_train_texts, ng_train_y,
                                                              ng_test_texts, ng_test_y)}
-ng_encoder = SequenceClassifier(load("minilm-l6")[0], len(ng_classes)).eval()
-ng_features = [encode_hidden_states(ng_encoder, encode_texts(tokenizer, texts, ng_len), [],
-                                    pad_id=tokenizer.pad_id, progress=False)[1]
-               for texts in (ng_train_texts, ng_test_texts)]
+
+
+def frozen_probe(model: SequenceClassifier, train_ids, train_y: torch.Tensor,
+                 test_ids) -> torch.Tensor:
+    """Logistic regression on ``model``'s frozen pooled features: class ids ``(N_test,)``."""
+    features = [encode_hidden_states(model, ids, [], pad_id=tokenizer.pad_id, progress=False)[1]
+                for ids in (train_ids, test_ids)]
+    clf = LogisticRegression(C=10.0, max_iter=2000).fit(features[0].numpy(), train_y.numpy())
+    return torch.from_numpy(clf.predict(features[1].numpy()))
+
+
+ng_encoder = SequenceClassifier(encoder, len(ng_classes)).eval()  # the MiniLM loaded above
 ng_cut = np.mean([len(tokenizer.encode(t)) > ng_len for t in ng_train_texts])
 glue("s5_3_ng_cut", ng_cut, ".0%")
 if checks_enabled():
     assert ng_cut > 0.5
-ng_head = LogisticRegression(C=10.0, max_iter=2000).fit(ng_features[0].numpy(),
-                                                        ng_train_y.numpy())
-ng_pred = torch.from_numpy(ng_head.predict(ng_features[1].numpy()))
+ng_pred = frozen_probe(ng_encoder, encode_texts(tokenizer, ng_train_texts, ng_len), ng_train_y,
+                       encode_texts(tokenizer, ng_test_texts, ng_len))
 ng_results[f"frozen MiniLM + linear, {len(ng_tr)} posts"] = (
     accuracy(ng_pred, ng_test_y), macro_f1(ng_pred, ng_test_y, len(ng_classes)))
 # every training post (smoke: a random 200, so that every group can appear)
@@ -581,10 +596,8 @@ ids_te = encode_texts(tokenizer, test.texts[:n_ex], 64)
 probe_acc = {}
 for pooling in ("mean", "cls"):
     probe = SequenceClassifier(encoder, len(classes), pooling=pooling)
-    _, f_tr = encode_hidden_states(probe, ids_tr, pad_id=tokenizer.pad_id)
-    _, f_te = encode_hidden_states(probe, ids_te, pad_id=tokenizer.pad_id)
-    lr = LogisticRegression(C=10.0, max_iter=2000).fit(f_tr.numpy(), train.labels[:n_ex])
-    probe_acc[pooling] = lr.score(f_te.numpy(), test.labels[:n_ex])
+    pred_probe = frozen_probe(probe, ids_tr, train.labels[:n_ex], ids_te)
+    probe_acc[pooling] = accuracy(pred_probe, test.labels[:n_ex])
     print(f"{pooling:4s} pooling: test accuracy {probe_acc[pooling]:.1%}")
 if checks_enabled():
     assert probe_acc["mean"] > probe_acc["cls"]
