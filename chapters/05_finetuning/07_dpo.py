@@ -37,7 +37,7 @@ from dlbook.artifacts import cached_record_run, cached_run, config_key
 from dlbook.book import error_message, glue
 from dlbook.checkpoint import atomic_write, read_json
 from dlbook.data.tasks import exact_match, make_tasks
-from dlbook.evaluate import evaluate, mean_interval, stop_token, wilson_interval
+from dlbook.evaluate import evaluate, stop_token, wilson_interval
 from dlbook.hub import load
 from dlbook.lora import apply_lora, load_adapter, save_adapter, trainable_parameters
 from dlbook.preference import (
@@ -442,7 +442,8 @@ betas = pick(smoke=[0.1], book=[0.1, 0.5])
 run_n_kl = pick(smoke=2, book=24)
 # held-out questions of the same family, and the SFT model's greedy answers to them
 eval_tasks = make_tasks(pick(smoke=4, book=100), "test", families=pair_config.families)
-before_scores = evaluate(reference, tokenizer, eval_tasks, exact_match).scores
+before_eval = evaluate(reference, tokenizer, eval_tasks, exact_match)
+before_scores = before_eval.scores
 
 
 def measure(policy, config: DPOConfig) -> dict:
@@ -519,7 +520,7 @@ glue("s5_7_real_grad_err", grad_err, ".0e")
 # ## What DPO changed
 
 # %%
-before_em = mean_interval(before_scores)
+before_em = (before_eval.mean, before_eval.low, before_eval.high)
 ref_like_acc = (ref_logp["test"][0] > ref_logp["test"][1]).double().mean().item()
 print(f"{'':10s}{'pref. acc':>10s}{'margin':>9s}{'log-ratio':>10s}{'exact match':>13s}"
       f"{'KL (nats)':>11s}")
